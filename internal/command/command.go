@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -43,6 +44,9 @@ type Spec struct {
 	Name string
 	// Quiet logs output at debug level instead of info (used for chatty probes).
 	Quiet bool
+	// Classify, when set, may retag a line (e.g. PostgreSQL's lines inside Patroni's
+	// output) and choose its level; it returns "" to keep the program's name.
+	Classify func(line string) (program string, level slog.Level)
 	// Capture, when non-nil, also receives the program's stdout (not stderr).
 	Capture io.Writer
 	// KillGrace is how long to wait after SIGTERM on cancellation before SIGKILL of the
@@ -71,13 +75,61 @@ func MinimalEnv(extra ...string) []string {
 	return append(env, extra...)
 }
 
+var (
+	managedMu sync.Mutex
+	managed   = map[int]bool{}
+)
+
+// ReapOrphans reaps exited children that this package did not start (orphans reparented
+// to pgnode as PID 1 or child subreaper) and returns their pids. Children started by
+// Start are left to their own Wait.
+func ReapOrphans() []int {
+	managedMu.Lock()
+	defer managedMu.Unlock()
+	var reaped []int
+	self := os.Getpid()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || managed[pid] {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...; comm may contain spaces and parentheses.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 || i+4 > len(s) {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 2 || f[0] != "Z" {
+			continue
+		}
+		if ppid, _ := strconv.Atoi(f[1]); ppid != self {
+			continue
+		}
+		var ws syscall.WaitStatus
+		if got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); err == nil && got == pid {
+			reaped = append(reaped, pid)
+		}
+	}
+	return reaped
+}
+
 // Process is a started program.
 type Process struct {
-	Cmd  *exec.Cmd
-	spec Spec
-	done chan struct{}
-	err  error
-	wg   sync.WaitGroup
+	Cmd     *exec.Cmd
+	spec    Spec
+	done    chan struct{} // the program exited
+	drained chan struct{} // its output reached EOF (all writers, grandchildren too, gone)
+	err     error
+	wg      sync.WaitGroup
 }
 
 // Start starts the program in its own process group and returns at once. Output streaming
@@ -88,7 +140,6 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	logger = logger.With("program", spec.name())
 	cmd := exec.Command(spec.Path, spec.Args...)
 	if spec.Env != nil {
 		cmd.Env = spec.Env
@@ -98,28 +149,55 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	cmd.Dir = spec.Dir
 	cmd.Stdin = spec.Stdin
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: spec.Credential}
-	stdout, err := cmd.StdoutPipe()
+	// Our own pipes, not StdoutPipe: a grandchild (a postmaster started by Patroni or
+	// pg_ctl) may keep the write ends open long after the program exits, and the exit
+	// must be seen at once.
+	outR, outW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("while preparing %s: %w", spec.name(), err)
 	}
-	stderr, err := cmd.StderrPipe()
+	errR, errW, err := os.Pipe()
 	if err != nil {
+		_ = outR.Close()
+		_ = outW.Close()
 		return nil, fmt.Errorf("while preparing %s: %w", spec.name(), err)
 	}
-	if err := cmd.Start(); err != nil {
+	cmd.Stdout, cmd.Stderr = outW, errW
+	managedMu.Lock()
+	err = cmd.Start()
+	_ = outW.Close()
+	_ = errW.Close()
+	if err != nil {
+		managedMu.Unlock()
+		_ = outR.Close()
+		_ = errR.Close()
 		return nil, fmt.Errorf("while starting %s: %w", spec.name(), err)
 	}
-	p := &Process{Cmd: cmd, spec: spec, done: make(chan struct{})}
+	managed[cmd.Process.Pid] = true
+	managedMu.Unlock()
+	p := &Process{Cmd: cmd, spec: spec, done: make(chan struct{}), drained: make(chan struct{})}
 	level := slog.LevelInfo
 	if spec.Quiet {
 		level = slog.LevelDebug
 	}
 	p.wg.Add(2)
-	go func() { defer p.wg.Done(); streamLines(logger, level, stdout, spec.Capture) }()
-	go func() { defer p.wg.Done(); streamLines(logger, level, stderr, nil) }()
+	name := spec.name()
 	go func() {
-		p.wg.Wait()
+		defer p.wg.Done()
+		streamLines(logger, name, level, outR, spec.Capture, spec.Classify)
+		_ = outR.Close()
+	}()
+	go func() {
+		defer p.wg.Done()
+		streamLines(logger, name, level, errR, nil, spec.Classify)
+		_ = errR.Close()
+	}()
+	go func() { p.wg.Wait(); close(p.drained) }()
+	go func() {
 		p.err = cmd.Wait()
+		managedMu.Lock()
+		delete(managed, cmd.Process.Pid)
+		managedMu.Unlock()
 		close(p.done)
 	}()
 	go func() {
@@ -152,25 +230,37 @@ func (p *Process) Signal(sig syscall.Signal) {
 // Pid is the program's process id (also its process group id).
 func (p *Process) Pid() int { return p.Cmd.Process.Pid }
 
-// Done is closed when the program has exited and its output is drained.
+// Done is closed as soon as the program has exited (its output may still be streaming
+// from grandchildren that inherited it).
 func (p *Process) Done() <-chan struct{} { return p.done }
 
-// Wait waits for the program and returns its exit error, wrapped with its name.
+// Wait waits for the program to exit and for its output to drain (at most 2 s more, so a
+// grandchild holding the pipe cannot block), and returns its exit error wrapped with its
+// name.
 func (p *Process) Wait() error {
 	<-p.done
+	select {
+	case <-p.drained:
+	case <-time.After(2 * time.Second):
+	}
 	if p.err != nil {
 		return fmt.Errorf("%s: %w", p.spec.name(), p.err)
 	}
 	return nil
 }
 
-// ExitCode returns the program's exit code after Done, -1 when it was killed by a signal.
+// ExitCode returns the program's exit code after Done; 128+N when signal N killed it
+// (the shell's convention, so a container's exit status tells what happened).
 func (p *Process) ExitCode() int {
 	<-p.done
-	if p.Cmd.ProcessState == nil {
+	ps := p.Cmd.ProcessState
+	if ps == nil {
 		return -1
 	}
-	return p.Cmd.ProcessState.ExitCode()
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
 }
 
 // Run runs the program to completion.
@@ -195,7 +285,7 @@ func Output(ctx context.Context, spec Spec) (string, error) {
 	return buf.String(), err
 }
 
-func streamLines(logger *slog.Logger, level slog.Level, r io.Reader, capture io.Writer) {
+func streamLines(logger *slog.Logger, name string, level slog.Level, r io.Reader, capture io.Writer, classify func(string) (string, slog.Level)) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
@@ -207,7 +297,17 @@ func streamLines(logger *slog.Logger, level slog.Level, r io.Reader, capture io.
 		if line == "" {
 			continue
 		}
-		logger.Log(context.Background(), level, line)
+		prog, lvl := name, level
+		if classify != nil {
+			var p string
+			if p, lvl = classify(line); p != "" {
+				prog = p
+			}
+			if lvl < level {
+				lvl = level
+			}
+		}
+		logger.Log(context.Background(), lvl, line, "program", prog)
 	}
 	// Drain anything left after a scanner error (an over-long line) so the child never
 	// blocks on a full pipe.

@@ -1,0 +1,70 @@
+package entrypoint
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// AgentStatus is what `pgnode run` publishes in the status file for `pgnode health`.
+type AgentStatus struct {
+	Phase   string    `json:"phase"` // starting, upgrading, running, fenced, stopping
+	Message string    `json:"message,omitempty"`
+	Since   time.Time `json:"since"`
+}
+
+func readAgentStatus(path string) (*AgentStatus, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var st AgentStatus
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// Health decides the HEALTHCHECK answer: nil when this member runs as leader or as a
+// streaming replica, or while an upgrade runs (healthy but not ready, so Docker never
+// kills it); otherwise an error with the one-line reason.
+func Health(ctx context.Context, cfg *Config) (string, error) {
+	if st, err := readAgentStatus(cfg.StatusFile); err == nil && st.Phase == "upgrading" {
+		return fmt.Sprintf("upgrading since %s (healthy, not ready): %s", st.Since.Format(time.RFC3339), st.Message), nil
+	}
+	api := cfg.patroniAPI(3 * time.Second)
+	ms, err := api.Status(ctx)
+	if err != nil {
+		return "", fmt.Errorf("Patroni REST API on port %d does not answer: %v", cfg.RestAPIPort, err)
+	}
+	if ms.State != "running" {
+		return "", fmt.Errorf("PostgreSQL is %q (role %s)", ms.State, ms.Role)
+	}
+	if ms.IsLeader() {
+		return fmt.Sprintf("leader, running, timeline %d", ms.Timeline), nil
+	}
+	if ms.ReplicationState != "" && ms.ReplicationState != "streaming" {
+		return "", fmt.Errorf("replica is running but %s, not streaming", ms.ReplicationState)
+	}
+	return fmt.Sprintf("%s, running, timeline %d", ms.Role, ms.Timeline), nil
+}
+
+func cmdHealth(args []string, stdout io.Writer) int {
+	cfg, _, err := Load(os.Environ())
+	if err != nil {
+		fmt.Fprintf(stdout, "unhealthy: invalid configuration: %v\n", err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	msg, err := Health(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(stdout, "unhealthy: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "healthy: %s\n", msg)
+	return 0
+}
