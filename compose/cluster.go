@@ -11,9 +11,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/robfig/cron/v3"
 	"gopkg.in/yaml.v3"
-
-	"pgnode/backup"
 )
 
 // ClusterVersion is the schema version of the cluster file this pgdeploy writes and reads.
@@ -313,6 +312,9 @@ func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Problem: fmt.Sprintf(format, args...)}
 }
 
+// cronParser accepts what the agent accepts for POSTGRES_BACKUP_SCHEDULE (backup.ValidateSchedule).
+var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
 var (
 	nameRe     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 	projectRe  = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
@@ -527,7 +529,7 @@ func (c *Cluster) validateBackup() error {
 			return fieldErr("backup.s3_endpoint", "%q is not an http(s):// URL", b.S3Endpoint)
 		}
 	}
-	if err := backup.ValidateSchedule(b.Schedule); err != nil {
+	if _, err := cronParser.Parse(b.Schedule); err != nil {
 		return fieldErr("backup.schedule", "%q: %v (expected 5 cron fields such as \"20 5 * * *\")", b.Schedule, err)
 	}
 	if b.KeepFull < 1 {

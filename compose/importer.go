@@ -123,7 +123,7 @@ func parseBool(field string) func(v string, line int) (bool, error) {
 	return func(v string, line int) (bool, error) {
 		b, err := strconv.ParseBool(strings.ToLower(v))
 		if err != nil {
-			return false, fmt.Errorf("line %d: %s: %q is not true or false", line, field, v)
+			return false, fmt.Errorf("%d: %s: %q is not true or false", line, field, v)
 		}
 		return b, nil
 	}
@@ -152,7 +152,7 @@ var groupVarKeys = map[string]gvKey{
 	},
 	"postgres_major": func(c *Cluster, v string, line int) error {
 		if _, err := strconv.Atoi(v); err != nil {
-			return fmt.Errorf("line %d: postgres_major: %q is not a number", line, v)
+			return fmt.Errorf("%d: postgres_major: %q is not a number", line, v)
 		}
 		c.Image.Tag = "pg" + v
 		return nil
@@ -174,7 +174,7 @@ var groupVarKeys = map[string]gvKey{
 	"postgres_backup_keep_full": func(c *Cluster, v string, line int) error {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
-			return fmt.Errorf("line %d: postgres_backup_keep_full: %q is not an integer >= 1", line, v)
+			return fmt.Errorf("%d: postgres_backup_keep_full: %q is not an integer >= 1", line, v)
 		}
 		backupOf(c).KeepFull = n
 		return nil
