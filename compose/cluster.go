@@ -563,4 +563,3 @@ func (c *Cluster) NodeIndex(name string) (int, error) {
 	sort.Strings(names)
 	return -1, fmt.Errorf("no node %q in the cluster file (nodes: %s)", name, strings.Join(names, ", "))
 }
-

@@ -59,7 +59,9 @@ func TestValidate(t *testing.T) {
 		{"missing superuser password", func(c *Cluster) { c.Secrets.SuperuserPassword = "" }, "secrets.superuser_password: missing"},
 		{"missing rewind password", func(c *Cluster) { c.Secrets.RewindPassword = "" }, "secrets.rewind_password: missing"},
 		{"bad gossip key", func(c *Cluster) { c.Secrets.ConsulEncrypt = "c2hvcnQ=" }, "secrets.consul_encrypt: not the base64"},
-		{"s3 incomplete", func(c *Cluster) { c.Backup = &Backup{S3BackupPath: "s3://b/p/", S3AccessKeyRW: "a", Schedule: "20 5 * * *", KeepFull: 7} }, "backup.s3_secret_key_rw: missing"},
+		{"s3 incomplete", func(c *Cluster) {
+			c.Backup = &Backup{S3BackupPath: "s3://b/p/", S3AccessKeyRW: "a", Schedule: "20 5 * * *", KeepFull: 7}
+		}, "backup.s3_secret_key_rw: missing"},
 		{"s3 path no scheme", func(c *Cluster) {
 			c.Backup = &Backup{S3BackupPath: "backups/p", S3AccessKeyRW: "a", S3SecretKeyRW: "b", Schedule: "20 5 * * *", KeepFull: 7}
 		}, "backup.s3_backup_path:"},
