@@ -1,0 +1,125 @@
+package upgrade
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// dcsView is what Patroni's keys in Consul say about the cluster.
+type dcsView struct {
+	Configured bool   // a Consul address is set
+	Initialize string // service/<scope>/initialize: the cluster's system identifier
+	Leader     string // service/<scope>/leader: the leading member's name
+}
+
+func (n *Node) consul() (*api.Client, error) {
+	cfg := api.DefaultNonPooledConfig()
+	cfg.Address = n.ConsulAddr
+	if n.ConsulScheme != "" {
+		cfg.Scheme = n.ConsulScheme
+	}
+	cfg.Token = n.ConsulToken.Value()
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("while creating the Consul client for %s: %w", n.ConsulAddr, err)
+	}
+	return c, nil
+}
+
+func (n *Node) prefix() string { return "service/" + n.Scope + "/" }
+
+func (n *Node) readDCS(ctx context.Context) (dcsView, error) {
+	var d dcsView
+	if n.ConsulAddr == "" || n.Scope == "" {
+		return d, nil
+	}
+	d.Configured = true
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	c, err := n.consul()
+	if err != nil {
+		return d, err
+	}
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	for key, dst := range map[string]*string{"initialize": &d.Initialize, "leader": &d.Leader} {
+		kv, _, err := c.KV().Get(n.prefix()+key, q)
+		if err != nil {
+			return d, fmt.Errorf("while reading %s%s from Consul at %s: %w", n.prefix(), key, n.ConsulAddr, err)
+		}
+		if kv != nil {
+			*dst = string(kv.Value)
+		}
+	}
+	return d, nil
+}
+
+// resetDCS deletes the scope's keys so Patroni starts the upgraded cluster (a new system
+// identifier) instead of waiting for the old one. It refuses while a leader is registered
+// by another member.
+func (n *Node) resetDCS(ctx context.Context, newSysID string) (bool, error) {
+	d, err := n.readDCS(ctx)
+	if err != nil || !d.Configured {
+		return false, err
+	}
+	if d.Initialize == newSysID {
+		return false, nil // already the new cluster's
+	}
+	if d.Leader != "" && d.Leader != n.Name {
+		return false, fmt.Errorf("will not reset %s in Consul: member %q holds the leader key; stop the other members first", n.prefix(), d.Leader)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	c, err := n.consul()
+	if err != nil {
+		return false, err
+	}
+	if _, err := c.KV().DeleteTree(n.prefix(), (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return false, fmt.Errorf("while deleting %s in Consul: %w", n.prefix(), err)
+	}
+	return true, nil
+}
+
+// clusterAction is what the DCS view means for this volume.
+type clusterAction int
+
+const (
+	actProceed     clusterAction = iota // handle the volume locally
+	actRenameAside                      // stale replica copy: move aside, Patroni re-clones
+	actWait                             // the leader must move first
+	actRefuse                           // would fork the cluster
+)
+
+// decideCluster decides, from the volume and the DCS, whether this node may act on its
+// own. Only Patroni-managed or standby copies are ever renamed aside; a plain single
+// server pointed at a scope that already has another cluster is refused.
+func decideCluster(v Volume, d dcsView, me, scope string, imageMajor int) (clusterAction, string) {
+	if !d.Configured || d.Initialize == "" {
+		return actProceed, ""
+	}
+	sysid := v.Control.SystemID
+	replicaCopy := v.Patroni || v.Standby
+	if d.Initialize != sysid {
+		if !replicaCopy {
+			return actRefuse, fmt.Sprintf("the volume holds a single server (system identifier %s) but Consul scope %q already belongs to cluster %s; "+
+				"use another PATRONI_SCOPE, or remove the scope with `patronictl remove` if that cluster is gone", sysid, scope, d.Initialize)
+		}
+		if d.Leader != "" && d.Leader != me {
+			return actRenameAside, fmt.Sprintf("the cluster in Consul has system identifier %s and leader %q, this volume holds %s (PostgreSQL %d): it is a stale copy to be re-cloned", d.Initialize, d.Leader, sysid, v.Major)
+		}
+		return actWait, fmt.Sprintf("Consul holds cluster %s without a leader; this volume holds %s: waiting for a leader to re-clone from", d.Initialize, sysid)
+	}
+	if v.Major < imageMajor {
+		if d.Leader != "" && d.Leader != me {
+			return actWait, fmt.Sprintf("member %q still leads the PostgreSQL %d cluster: it upgrades when its node gets the new image; this node re-clones afterwards", d.Leader, v.Major)
+		}
+		if v.Standby {
+			return actWait, fmt.Sprintf("this volume is a standby of PostgreSQL %d and no member leads: waiting for the leader's node to upgrade", v.Major)
+		}
+	}
+	return actProceed, ""
+}
+
+type consulKV = api.KVPair
