@@ -40,6 +40,7 @@ type call struct {
 	AccessKey string   `json:"access_key"`
 	Prefix    string   `json:"prefix"`
 	UID       int      `json:"uid"`
+	Pid       int      `json:"pid"`
 	Start     int64    `json:"start"`
 	End       int64    `json:"end"`
 	Exit      int      `json:"exit"`
@@ -66,7 +67,7 @@ func main() {
 		os.Exit(1)
 	}
 	base = filepath.Dir(exe)
-	c := call{Args: os.Args[1:], Env: os.Environ(), UID: os.Getuid(), Start: time.Now().UnixNano()}
+	c := call{Args: os.Args[1:], Env: os.Environ(), UID: os.Getuid(), Pid: os.Getpid(), Start: time.Now().UnixNano()}
 	code := run(&c)
 	c.End = time.Now().UnixNano()
 	c.Exit = code
@@ -136,8 +137,12 @@ func run(c *call) int {
 	for _, h := range bh.Hang {
 		if h == cmd {
 			signal.Ignore(syscall.SIGTERM)
+			c.Exit = -1
+			record(*c) // a killed process records nothing afterwards
 			fmt.Println("INFO: hanging as told")
-			select {}
+			for {
+				time.Sleep(time.Hour)
+			}
 		}
 	}
 	if msg, ok := bh.Fail[cmd]; ok {
