@@ -217,7 +217,7 @@ func testNode(t *testing.T, root string) Node {
 		SuperUser: "postgres", SuperPassword: "super-secret",
 		ReplicationUser: "replicator", ReplicationPassword: "repl-secret",
 		RewindUser: "rewind_user", RewindPassword: "rewind-secret",
-		StatusFile: filepath.Join(root, "status.json"),
+		StatusFile: filepath.Join(t.TempDir(), "status.json"),
 	}
 }
 

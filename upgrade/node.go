@@ -17,7 +17,7 @@ type Node struct {
 	// Major is the PostgreSQL major of the image.
 	Major int
 	// BinDir returns the binary directory of a major (/usr/lib/postgresql/%d/bin).
-	BinDir func(major int) string
+	BinDir func(major int) string `json:"-"`
 	// UID and GID are the postgres user's; every PostgreSQL program runs as them.
 	UID, GID int
 	// Name is this member's Patroni name (PATRONI_NAME); used to tell whether the leader
