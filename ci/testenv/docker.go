@@ -227,7 +227,10 @@ func (p *ComposeProject) WaitHealthy(timeout time.Duration, services ...string) 
 }
 
 // Kill sends SIGKILL to a service's container (docker kill).
-func (p *ComposeProject) Kill(service string) { p.t.Helper(); Docker(p.t, "kill", p.Container(service)) }
+func (p *ComposeProject) Kill(service string) {
+	p.t.Helper()
+	Docker(p.t, "kill", p.Container(service))
+}
 
 // Network returns the name of the project's network (compose: <project>_<network>).
 func (p *ComposeProject) Network(network string) string { return p.Name + "_" + network }
