@@ -2,11 +2,12 @@ package entrypoint
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"time"
+
+	"pgnode/upgrade"
 )
 
 // AgentStatus is what `pgnode run` publishes in the status file for `pgnode health`.
@@ -16,24 +17,12 @@ type AgentStatus struct {
 	Since   time.Time `json:"since"`
 }
 
-func readAgentStatus(path string) (*AgentStatus, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var st AgentStatus
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, err
-	}
-	return &st, nil
-}
-
 // Health decides the HEALTHCHECK answer: nil when this member runs as leader or as a
 // streaming replica, or while an upgrade runs (healthy but not ready, so Docker never
 // kills it); otherwise an error with the one-line reason.
 func Health(ctx context.Context, cfg *Config) (string, error) {
-	if st, err := readAgentStatus(cfg.StatusFile); err == nil && st.Phase == "upgrading" {
-		return fmt.Sprintf("upgrading since %s (healthy, not ready): %s", st.Since.Format(time.RFC3339), st.Message), nil
+	if st, err := upgrade.ReadStatus(cfg.StatusFile); err == nil && st.Busy() {
+		return fmt.Sprintf("%s since %s (healthy, not ready) %s %s", st.Phase, st.Since.Format(time.RFC3339), st.Step, st.Message), nil
 	}
 	api := cfg.patroniAPI(3 * time.Second)
 	ms, err := api.Status(ctx)

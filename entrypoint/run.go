@@ -19,6 +19,7 @@ import (
 
 	consul "github.com/hashicorp/consul/api"
 
+	"pgnode/backup"
 	"pgnode/internal/command"
 	"pgnode/internal/fileutil"
 )
@@ -32,6 +33,9 @@ type runner struct {
 	consul    *consul.Client
 	alive     *AliveCheck
 	startedAt time.Time
+	backup    *backup.Manager
+	// requestFullBackup is set when the volume got a new system identifier (upgrade).
+	requestFullBackup bool
 }
 
 func cmdRun(args []string) int {
