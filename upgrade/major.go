@@ -314,9 +314,12 @@ func (u *upgrader) rollback(ctx context.Context, cause error) error {
 		return fmt.Errorf("%w; and %v", cause, werr)
 	}
 	u.st.set(PhaseFailed, "rolled back", u.m.Error, u.m.FromMajor, u.m.ToMajor)
-	return fmt.Errorf("major upgrade %d→%d failed and was rolled back (the PostgreSQL %d cluster in %s is intact and startable; leftovers kept: %s; "+
-		"fix the cause, then run `pgnode upgrade retry`): %w",
-		u.m.FromMajor, u.m.ToMajor, u.m.FromMajor, u.n.DataDir, strings.Join(u.m.Leftovers, ", "), cause)
+	hint := "fix the cause, then run `pgnode upgrade retry`"
+	if cause != nil && (errors.Is(cause, syscall.ENOSPC) || strings.Contains(cause.Error(), "No space left on device")) {
+		hint = "the volume is full: free space (the leftovers of this attempt may be removed), then run `pgnode upgrade retry`"
+	}
+	return fmt.Errorf("major upgrade %d→%d failed and was rolled back (the PostgreSQL %d cluster in %s is intact and startable; leftovers kept: %s; %s): %w",
+		u.m.FromMajor, u.m.ToMajor, u.m.FromMajor, u.n.DataDir, strings.Join(u.m.Leftovers, ", "), hint, cause)
 }
 
 // restoreOld makes the old cluster startable again and renames the unfinished new one

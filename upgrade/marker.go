@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"pgnode/internal/fileutil"
@@ -70,10 +71,37 @@ func writeMarker(root string, m *Marker) error {
 	if err != nil {
 		return err
 	}
-	if err := fileutil.WriteAtomic(markerPath(root), append(b, '\n'), 0o644, -1, -1); err != nil {
+	b = append(b, '\n')
+	err = fileutil.WriteAtomic(markerPath(root), b, 0o644, -1, -1)
+	if err != nil && errors.Is(err, syscall.ENOSPC) && exists(markerPath(root)) {
+		// A full disk (the very failure being recorded): overwrite the existing marker in
+		// place, which needs no new blocks (it is far smaller than one block).
+		err = overwrite(markerPath(root), b)
+	}
+	if err != nil {
 		return fmt.Errorf("while writing the upgrade marker: %w", err)
 	}
 	return nil
+}
+
+func overwrite(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(b, 0); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Truncate(int64(len(b))); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // retireMarker renames the marker to a history file (never deleted).

@@ -57,7 +57,7 @@ func (r *lineRecorder) lines() []string {
 	defer r.mu.Unlock()
 	var out []string
 	for _, l := range *r.store {
-		if strings.Contains(l, "ok") && !strings.Contains(strings.ToLower(l), "fail") {
+		if strings.HasSuffix(l, " ok") || strings.HasPrefix(l, "---") {
 			continue
 		}
 		out = append(out, l)
