@@ -262,3 +262,34 @@ func TestFailoverBench(t *testing.T) {
 		fmt.Printf("| %s | %s | %s |\n", r.config, r.scenario, r.result)
 	}
 }
+
+// TestAgentOverheadBench measures the agent's own cost: time from `pgnode run` to
+// Patroni's exec, and pgnode's resident memory while Patroni runs (ci/bench-failover.sh).
+func TestAgentOverheadBench(t *testing.T) {
+	if os.Getenv("PGNODE_BENCH") != "1" {
+		t.Skip("SKIP: benchmark; run ci/bench-failover.sh")
+	}
+	c := startCluster(t, testenv.NewPorts(25800), "overhead", 1, nil)
+	n := c.nodes[0]
+	time.Sleep(5 * time.Second)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.Pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rss := ""
+	for _, l := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			rss = strings.TrimSpace(strings.TrimPrefix(l, "VmRSS:"))
+		}
+	}
+	ms := ""
+	for _, l := range strings.Split(n.Log(), "\n") {
+		if i := strings.Index(l, "agent_start_to_exec_ms="); i >= 0 {
+			ms = strings.Fields(l[i+len("agent_start_to_exec_ms="):])[0]
+		}
+	}
+	fmt.Println("| agent metric | value |")
+	fmt.Println("|---|---|")
+	fmt.Printf("| pgnode run start → Patroni exec | %s ms |\n", ms)
+	fmt.Printf("| pgnode RSS while Patroni runs | %s |\n", rss)
+}
