@@ -188,3 +188,16 @@ func TestPatroniSettings(t *testing.T) {
 		t.Errorf("clone archive_command %v", s.Parameters["archive_command"])
 	}
 }
+
+func TestConfValue(t *testing.T) {
+	for in, want := range map[string]string{
+		"100\t\t\t# (change requires restart)": "100",
+		"'timescaledb,pg_stat_statements'  # x": "timescaledb,pg_stat_statements",
+		"'it''s # not a comment'":               "it's # not a comment",
+		"on":                                    "on",
+	} {
+		if got := confValue(in); got != want {
+			t.Errorf("confValue(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

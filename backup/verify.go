@@ -152,7 +152,7 @@ func (v *verifier) run(ctx context.Context) (VerifyResult, error) {
 	}
 	dumpall := filepath.Join(v.node.binDir(), "pg_dumpall")
 	if err := v.pgRun(ctx, "pg_dumpall", dumpall, "-h", v.scratch, "-p", fmt.Sprint(v.cfg.VerifyPort),
-		"-U", v.node.superUser(), "-f", os.DevNull); err != nil {
+		"-U", v.node.superUser(), "--no-sync", "-f", os.DevNull); err != nil {
 		res.Failed = "(pg_dumpall)"
 		return res, fmt.Errorf("pg_dumpall of the restored backup failed: %w", err)
 	}
@@ -210,14 +210,32 @@ func readParams(path string) map[string]string {
 		if !ok {
 			continue
 		}
-		k = strings.TrimSpace(k)
-		val = strings.TrimSpace(val)
-		if i := strings.Index(val, " #"); i >= 0 && !strings.HasPrefix(val, "'") {
-			val = strings.TrimSpace(val[:i])
-		}
-		out[k] = strings.Trim(val, "'")
+		out[strings.TrimSpace(k)] = confValue(strings.TrimSpace(val))
 	}
 	return out
+}
+
+// confValue returns a postgresql.conf value without quotes and trailing comment.
+func confValue(v string) string {
+	if strings.HasPrefix(v, "'") {
+		var b strings.Builder
+		for i := 1; i < len(v); i++ {
+			if v[i] == '\'' {
+				if i+1 < len(v) && v[i+1] == '\'' {
+					b.WriteByte('\'')
+					i++
+					continue
+				}
+				break
+			}
+			b.WriteByte(v[i])
+		}
+		return b.String()
+	}
+	if i := strings.IndexByte(v, '#'); i >= 0 {
+		v = v[:i]
+	}
+	return strings.TrimSpace(v)
 }
 
 func quoteConf(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
@@ -318,7 +336,27 @@ func (v *verifier) startPG(ctx context.Context) error {
 		}
 		return fmt.Errorf("the restored backup does not start: %w; postgres log: %s", err, strings.Join(lines, " | "))
 	}
-	return nil
+	// pg_ctl -w returns once the postmaster runs; recovery to the backup's consistent point
+	// and the promotion may take longer.
+	for {
+		conn, err := connectPG(ctx, v.scratch, v.cfg.VerifyPort, v.node.superUser(), "", "postgres")
+		if err == nil {
+			var rec bool
+			qerr := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec)
+			conn.Close(context.Background())
+			if qerr == nil && !rec {
+				return nil
+			}
+		}
+		if _, serr := os.Stat(filepath.Join(v.data, "postmaster.pid")); serr != nil {
+			return fmt.Errorf("the restored backup's PostgreSQL stopped during recovery; see %s", logPath)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("while waiting for the restored backup to finish recovery: %w", ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 func (v *verifier) databases(ctx context.Context) ([]string, error) {
