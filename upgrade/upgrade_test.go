@@ -85,7 +85,6 @@ func checkOld(t *testing.T, n Node) {
 // postgresql-13 + postgis 3.1, bookworm's postgresql-15 + postgis 3.3) with PostGIS data in
 // link and copy mode, with a real Consul holding the old cluster's Patroni keys.
 func TestUpgradePostGIS(t *testing.T) {
-	ports := testenv.NewPorts(21000)
 	consul := testenv.StartConsul(t, ports)
 	for _, mode := range []string{"link", "copy"} {
 		t.Run(mode, func(t *testing.T) {
@@ -136,6 +135,9 @@ func TestUpgradePostGIS(t *testing.T) {
 		})
 	}
 }
+
+// ports is the upgrade package's port block, shared by all its tests.
+var ports = testenv.NewPorts(21000)
 
 // kvPair keeps the consul import in one file.
 type kvPair = consulKV
