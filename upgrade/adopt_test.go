@@ -54,7 +54,7 @@ func startPatroni(t *testing.T, consul *testenv.Consul, scope, name, dataDir str
 				"replication": map[string]any{"username": "replicator", "password": "repl-secret"},
 				"rewind":      map[string]any{"username": "rewind_user", "password": "rewind-secret"},
 			},
-			"pg_hba": []string{"local all all trust", "host all all 127.0.0.1/32 scram-sha-256", "host replication replicator 127.0.0.1/32 scram-sha-256"},
+			"pg_hba":     []string{"local all all trust", "host all all 127.0.0.1/32 scram-sha-256", "host replication replicator 127.0.0.1/32 scram-sha-256"},
 			"parameters": map[string]any{"unix_socket_directories": work},
 		},
 	}
