@@ -191,7 +191,7 @@ func TestPatroniSettings(t *testing.T) {
 
 func TestConfValue(t *testing.T) {
 	for in, want := range map[string]string{
-		"100\t\t\t# (change requires restart)": "100",
+		"100\t\t\t# (change requires restart)":  "100",
 		"'timescaledb,pg_stat_statements'  # x": "timescaledb,pg_stat_statements",
 		"'it''s # not a comment'":               "it's # not a comment",
 		"on":                                    "on",

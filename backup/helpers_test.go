@@ -137,6 +137,8 @@ func setBehavior(t *testing.T, dir string, b map[string]any) {
 func testConfig(walg string) Config {
 	return Config{
 		S3BackupPath: "s3://pgnode-test/backups", S3Region: "us-east-1", S3PathStyle: true,
+		// Loopback only: the storage check after a failure must never leave the machine.
+		S3Endpoint:    "http://127.0.0.1:1",
 		S3AccessKeyRW: "RWKEYID", S3SecretKeyRW: "rw-secret-value", S3AccessKeyRO: "ROKEYID", S3SecretKeyRO: "ro-secret-value",
 		Schedule: "20 5 * * *", KeepFull: 2, WalgBinary: walg, Compression: "zstd",
 		ArchiveTimeout: 60 * time.Second, BackupTimeout: time.Hour, Retries: 0, RetryDelay: 100 * time.Millisecond,

@@ -333,6 +333,15 @@ func (m *Manager) pushAndRetain(ctx context.Context, why string) (BackupInfo, er
 	err := m.walg.run(tctx, ReadWrite, nil, "backup-push", m.node.DataDir)
 	cancel()
 	if err != nil {
+		// wal-g's own messages about S3 are often vague ("unable to complete uploads"):
+		// add what the storage check finds, naming the variable to fix.
+		if ctx.Err() == nil && m.cfg.S3BackupPath != "" {
+			cctx, ccancel := context.WithTimeout(ctx, 20*time.Second)
+			if serr := m.cfg.CheckStorage(cctx, ReadWrite, m.cfg.Prefix(m.node.Scope, m.node.Major)); serr != nil {
+				err = fmt.Errorf("%w; storage check: %v", err, serr)
+			}
+			ccancel()
+		}
 		m.fail(err)
 		return BackupInfo{}, err
 	}

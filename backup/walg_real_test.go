@@ -185,7 +185,7 @@ func TestRealWALG(t *testing.T) {
 		m.leaderCheck = func(context.Context) (bool, string, error) { return true, "", nil }
 		m.RunScheduled(ctx, time.Time{})
 		st := m.Status()
-		if st.ConsecutiveFailures != 1 || !strings.Contains(st.LastError, "backup-push") || st.LastSuccess.After(time.Now().Add(-time.Minute)) {
+		if st.ConsecutiveFailures != 1 || !strings.Contains(st.LastError, "backup-push") || !strings.Contains(st.LastError, "S3_SECRET_KEY_RW") || st.LastSuccess.After(time.Now().Add(-time.Minute)) {
 			t.Fatalf("status %+v", st)
 		}
 		w := &walgRunner{cfg: &cfg, node: node}
