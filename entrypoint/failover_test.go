@@ -293,3 +293,78 @@ func TestAgentOverheadBench(t *testing.T) {
 	fmt.Printf("| pgnode run start → Patroni exec | %s ms |\n", ms)
 	fmt.Printf("| pgnode RSS while Patroni runs | %s |\n", rss)
 }
+
+// TestFailoverSoak runs a 3-node cluster under a writer for PGNODE_SOAK_MINUTES (default
+// 10) with both cores saturated by busy loops and the leader's Patroni paused (SIGSTOP)
+// for 3 s every 30 s, which also stalls its REST API; it reports leader changes (false
+// failovers) and failed writes. Run by ci/soak-failover.sh (PGNODE_SOAK=1).
+func TestFailoverSoak(t *testing.T) {
+	if os.Getenv("PGNODE_SOAK") != "1" {
+		t.Skip("SKIP: soak; run ci/soak-failover.sh")
+	}
+	minutes := 10
+	if n, err := strconv.Atoi(os.Getenv("PGNODE_SOAK_MINUTES")); err == nil && n > 0 {
+		minutes = n
+	}
+	c := startCluster(t, testenv.NewPorts(25900), "soak", 3, nil)
+	ctx := context.Background()
+	if err := c.leader().Exec(ctx, "CREATE TABLE writes (id bigserial primary key, node text, seq int)"); err != nil {
+		t.Fatal(err)
+	}
+	stopBurn := make(chan struct{})
+	var burners sync.WaitGroup
+	for i := 0; i < 2; i++ {
+		burners.Add(1)
+		go func() {
+			defer burners.Done()
+			x := 0
+			for {
+				select {
+				case <-stopBurn:
+					return
+				default:
+					for j := 0; j < 1_000_000; j++ {
+						x += j
+					}
+				}
+			}
+		}()
+	}
+	lw := watchLeaders(c.nodes)
+	w := startWriter(t, c.nodes, 100*time.Millisecond)
+	end := time.Now().Add(time.Duration(minutes) * time.Minute)
+	pauses := 0
+	for time.Now().Before(end) {
+		time.Sleep(30 * time.Second)
+		if l := c.leader(); l != nil {
+			if pid := l.PatroniPid(); pid > 0 {
+				_ = syscall.Kill(pid, syscall.SIGSTOP)
+				time.Sleep(3 * time.Second)
+				_ = syscall.Kill(pid, syscall.SIGCONT)
+				pauses++
+			}
+		}
+	}
+	rs := w.Stop()
+	close(stopBurn)
+	burners.Wait()
+	lw.Stop()
+	changes, doubles := lw.counts()
+	failed, ok := 0, 0
+	leaderName := c.leader().Name
+	for _, r := range rs {
+		if r.node == leaderName {
+			if r.ok {
+				ok++
+			} else {
+				failed++
+			}
+		}
+	}
+	fmt.Println("| soak | value |")
+	fmt.Println("|---|---|")
+	fmt.Printf("| duration | %d min, 2 busy cores, leader's Patroni paused 3 s × %d |\n", minutes, pauses)
+	fmt.Printf("| leader changes (false failovers) | %d |\n", changes)
+	fmt.Printf("| samples with two primaries | %d |\n", doubles)
+	fmt.Printf("| writes on the leader ok / failed | %d / %d |\n", ok, failed)
+}
