@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,11 @@ func TestDecideCluster(t *testing.T) {
 	primary13 := Volume{State: StateOlder, Major: 13, Control: ControlData{SystemID: mine, State: "shut down"}, Patroni: true}
 	standby13 := primary13
 	standby13.Standby = true
+	primary13tl := func(tl int) Volume {
+		v := primary13
+		v.Control.TimelineID = strconv.Itoa(tl)
+		return v
+	}
 	single15 := Volume{State: StateSingle, Major: 15, Control: ControlData{SystemID: mine, State: "shut down"}}
 	patroni15 := Volume{State: StatePatroni, Major: 15, Control: ControlData{SystemID: mine}, Patroni: true}
 	cases := []struct {
@@ -26,16 +32,20 @@ func TestDecideCluster(t *testing.T) {
 	}{
 		{"no DCS configured", primary13, dcsView{}, actProceed},
 		{"empty scope", primary13, dcsView{Configured: true}, actProceed},
-		{"leader on new system: stale old-major replica", standby13, dcsView{true, other, "n0"}, actRenameAside},
-		{"leader on new system: stale old-major ex-primary", primary13, dcsView{true, other, "n0"}, actRenameAside},
-		{"leader on new system: same-major copy of another system", patroni15, dcsView{true, other, "n0"}, actRenameAside},
-		{"new system without leader yet: wait", standby13, dcsView{true, other, ""}, actWait},
-		{"another member still leads the old cluster: wait", primary13, dcsView{true, mine, "n0"}, actWait},
-		{"standby, nobody leads: wait for the leader's node", standby13, dcsView{true, mine, ""}, actWait},
-		{"old primary, nobody leads: upgrade", primary13, dcsView{true, mine, ""}, actProceed},
-		{"old primary, our own stale leader key: upgrade", primary13, dcsView{true, mine, "n1"}, actProceed},
-		{"single server into a foreign scope: refuse", single15, dcsView{true, other, "n0"}, actRefuse},
-		{"same-major member of this cluster", patroni15, dcsView{true, mine, "n0"}, actProceed},
+		{"leader on new system: stale old-major replica", standby13, dcsView{Configured: true, Initialize: other, Leader: "n0"}, actRenameAside},
+		{"leader on new system: stale old-major ex-primary", primary13, dcsView{Configured: true, Initialize: other, Leader: "n0"}, actRenameAside},
+		{"leader on new system: same-major copy of another system", patroni15, dcsView{Configured: true, Initialize: other, Leader: "n0"}, actRenameAside},
+		{"new system without leader yet: wait", standby13, dcsView{Configured: true, Initialize: other}, actWait},
+		{"another member still leads the old cluster: wait", primary13, dcsView{Configured: true, Initialize: mine, Leader: "n0"}, actWait},
+		{"standby, nobody leads: wait for the leader's node", standby13, dcsView{Configured: true, Initialize: mine}, actWait},
+		{"old primary, nobody leads: upgrade", primary13, dcsView{Configured: true, Initialize: mine}, actProceed},
+		{"old primary, our own stale leader key: upgrade", primary13, dcsView{Configured: true, Initialize: mine, Leader: "n1"}, actProceed},
+		{"single server into a foreign scope: refuse", single15, dcsView{Configured: true, Initialize: other, Leader: "n0"}, actRefuse},
+		{"same-major member of this cluster", patroni15, dcsView{Configured: true, Initialize: mine, Leader: "n0"}, actProceed},
+		{"another member holds the upgrade lock: wait", primary13, dcsView{Configured: true, Initialize: mine, Upgrader: "n0"}, actWait},
+		{"our own upgrade lock (restart): upgrade", primary13, dcsView{Configured: true, Initialize: mine, Upgrader: "n1"}, actProceed},
+		{"timeline behind the cluster's (demoted ex-leader): wait", primary13tl(1), dcsView{Configured: true, Initialize: mine, Timeline: 3}, actWait},
+		{"timeline equal to the cluster's: upgrade", primary13tl(3), dcsView{Configured: true, Initialize: mine, Timeline: 3}, actProceed},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -111,6 +121,17 @@ func TestReplicaOfUpgradedLeader(t *testing.T) {
 	}
 	if !strings.Contains(out.RenamedAside, "stale-"+fixture.sysid) || !exists(filepath.Join(out.RenamedAside, "PG_VERSION")) {
 		t.Fatalf("renamed-aside copy: %s", out.RenamedAside)
+	}
+}
+
+func TestParseHistory(t *testing.T) {
+	for in, want := range map[string]int64{
+		`[[1, 50331800, "no recovery target specified", "2026-01-01T00:00:00+00:00", "n2"], [2, 67109016, "no recovery target specified"]]`: 3,
+		`[]`: 0, ``: 0, `garbage`: 0,
+	} {
+		if got := parseHistory([]byte(in)); got != want {
+			t.Errorf("parseHistory(%q) = %d, want %d", in, got, want)
+		}
 	}
 }
 

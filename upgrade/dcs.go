@@ -2,7 +2,10 @@ package upgrade
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -13,6 +16,32 @@ type dcsView struct {
 	Configured bool   // a Consul address is set
 	Initialize string // service/<scope>/initialize: the cluster's system identifier
 	Leader     string // service/<scope>/leader: the leading member's name
+	// Timeline is the cluster's current timeline according to Patroni's history key (the
+	// last switch's timeline + 1); 0 when unknown.
+	Timeline int64
+	// Upgrader is the member holding pgnode's upgrade lock (service/<scope>/pgnode-upgrade).
+	Upgrader string
+}
+
+// upgradeLockKey is written (create-only) by the member that upgrades the cluster's data,
+// so that two members with primary copies never upgrade independently.
+const upgradeLockKey = "pgnode-upgrade"
+
+// parseHistory returns the timeline after the last switch in Patroni's history key
+// ([[timeline, lsn, reason, time, leader], …]).
+func parseHistory(b []byte) int64 {
+	var h [][]any
+	if json.Unmarshal(b, &h) != nil || len(h) == 0 {
+		return 0
+	}
+	last := h[len(h)-1]
+	if len(last) == 0 {
+		return 0
+	}
+	if f, ok := last[0].(float64); ok {
+		return int64(f) + 1
+	}
+	return 0
 }
 
 func (n *Node) consul() (*api.Client, error) {
@@ -44,7 +73,8 @@ func (n *Node) readDCS(ctx context.Context) (dcsView, error) {
 		return d, err
 	}
 	q := (&api.QueryOptions{}).WithContext(ctx)
-	for key, dst := range map[string]*string{"initialize": &d.Initialize, "leader": &d.Leader} {
+	var history string
+	for key, dst := range map[string]*string{"initialize": &d.Initialize, "leader": &d.Leader, "history": &history, upgradeLockKey: &d.Upgrader} {
 		kv, _, err := c.KV().Get(n.prefix()+key, q)
 		if err != nil {
 			return d, fmt.Errorf("while reading %s%s from Consul at %s: %w", n.prefix(), key, n.ConsulAddr, err)
@@ -53,7 +83,43 @@ func (n *Node) readDCS(ctx context.Context) (dcsView, error) {
 			*dst = string(kv.Value)
 		}
 	}
+	d.Timeline = parseHistory([]byte(history))
+	if name, _, ok := strings.Cut(d.Upgrader, " "); ok {
+		d.Upgrader = name
+	}
 	return d, nil
+}
+
+// takeUpgradeLock records this member as the one upgrading the cluster (create-only). It
+// returns the holder when another member has it.
+func (n *Node) takeUpgradeLock(ctx context.Context) (string, error) {
+	if n.ConsulAddr == "" || n.Scope == "" {
+		return "", nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	c, err := n.consul()
+	if err != nil {
+		return "", err
+	}
+	key := n.prefix() + upgradeLockKey
+	val := n.Name + " " + time.Now().UTC().Format(time.RFC3339)
+	ok, _, err := c.KV().CAS(&api.KVPair{Key: key, Value: []byte(val), ModifyIndex: 0}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return "", fmt.Errorf("while taking the upgrade lock %s in Consul: %w", key, err)
+	}
+	if ok {
+		return "", nil
+	}
+	kv, _, err := c.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil || kv == nil {
+		return "", fmt.Errorf("while reading the upgrade lock %s: %v", key, err)
+	}
+	holder, _, _ := strings.Cut(string(kv.Value), " ")
+	if holder == n.Name {
+		return "", nil
+	}
+	return holder, nil
 }
 
 // resetDCS deletes the scope's keys so Patroni starts the upgraded cluster (a new system
@@ -112,8 +178,15 @@ func decideCluster(v Volume, d dcsView, me, scope string, imageMajor int) (clust
 		return actWait, fmt.Sprintf("Consul holds cluster %s without a leader; this volume holds %s: waiting for a leader to re-clone from", d.Initialize, sysid)
 	}
 	if v.Major < imageMajor {
+		if d.Upgrader != "" && d.Upgrader != me {
+			return actWait, fmt.Sprintf("member %q is upgrading the cluster (Consul key %s); this node re-clones from it afterwards", d.Upgrader, upgradeLockKey)
+		}
 		if d.Leader != "" && d.Leader != me {
 			return actWait, fmt.Sprintf("member %q still leads the PostgreSQL %d cluster: it upgrades when its node gets the new image; this node re-clones afterwards", d.Leader, v.Major)
+		}
+		if tl, err := strconv.ParseInt(v.Control.TimelineID, 10, 64); err == nil && d.Timeline > 0 && tl < d.Timeline {
+			return actWait, fmt.Sprintf("this volume is on timeline %d but the cluster reached timeline %d: another member was promoted after this one stopped, "+
+				"so its node must upgrade; this node re-clones afterwards", tl, d.Timeline)
 		}
 		if v.Standby {
 			return actWait, fmt.Sprintf("this volume is a standby of PostgreSQL %d and no member leads: waiting for the leader's node to upgrade", v.Major)

@@ -16,6 +16,8 @@ type clusterInfo struct {
 	Encoding      string
 	Collate       string
 	Ctype         string
+	LocProvider   string // "c" libc, "i" ICU, "b" builtin (PostgreSQL 15+)
+	Locale        string // ICU or builtin locale of template0
 	PreloadLibs   []string
 	Extensions    map[string]map[string]string // db -> extension -> version
 	Libraries     []string                     // C libraries functions reference ($libdir/… stripped)
@@ -40,6 +42,21 @@ func (n *Node) gatherInfo(ctx context.Context, major int, dir string) (clusterIn
 			pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = 'template0'`).
 			Scan(&info.SuperUser, &info.Encoding, &info.Collate, &info.Ctype); err != nil {
 			return fmt.Errorf("while reading the old cluster's encoding and locale: %w", err)
+		}
+		var vnum int
+		if err := c.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&vnum); err != nil {
+			return err
+		}
+		info.LocProvider = "c"
+		if vnum >= 150000 {
+			col := "daticulocale"
+			if vnum >= 170000 {
+				col = "datlocale"
+			}
+			if err := c.QueryRow(ctx, "SELECT datlocprovider::text, coalesce("+col+", '') FROM pg_database WHERE datname = 'template0'").
+				Scan(&info.LocProvider, &info.Locale); err != nil {
+				return fmt.Errorf("while reading the old cluster's locale provider: %w", err)
+			}
 		}
 		var spl string
 		if err := c.QueryRow(ctx, "SELECT current_setting('shared_preload_libraries')").Scan(&spl); err != nil {

@@ -372,13 +372,27 @@ func (u *upgrader) initNew(ctx context.Context) error {
 	}
 	args := []string{"-D", u.m.NewDir, "-U", u.info.SuperUser, "--auth=trust",
 		"--encoding=" + u.info.Encoding, "--lc-collate=" + u.info.Collate, "--lc-ctype=" + u.info.Ctype}
+	switch info := u.info; info.LocProvider {
+	case "i":
+		args = append(args, "--locale-provider=icu", "--icu-locale="+info.Locale)
+	case "b":
+		args = append(args, "--locale-provider=builtin", "--builtin-locale="+info.Locale)
+	}
 	if cd.ChecksumVersion > 0 {
 		args = append(args, "--data-checksums")
+	} else if u.m.ToMajor >= 18 {
+		args = append(args, "--no-data-checksums") // 18 enables them by default
 	}
 	if cd.WALSegmentBytes > 0 {
 		args = append(args, fmt.Sprintf("--wal-segsize=%d", cd.WALSegmentBytes>>20))
 	}
-	// initdb creates the directory itself; it must be postgres-writable in the root.
+	// Made here (as root) so the volume root need not be writable by postgres.
+	if err := os.Mkdir(u.m.NewDir, 0o700); err != nil {
+		return fmt.Errorf("while creating %s: %w", u.m.NewDir, err)
+	}
+	if err := os.Chown(u.m.NewDir, n.UID, n.GID); err != nil {
+		return fmt.Errorf("while handing %s to postgres: %w", u.m.NewDir, err)
+	}
 	if err := command.Run(ctx, command.Spec{Path: n.bin(u.m.ToMajor, "initdb"), Args: args, Credential: n.cred(), Env: n.env()}); err != nil {
 		return (fmt.Errorf("while initialising the new PostgreSQL %d cluster: %w", u.m.ToMajor, err))
 	}

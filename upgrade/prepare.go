@@ -146,6 +146,11 @@ func (n *Node) prepare(ctx context.Context, cfg Config, st *statusWriter) (Outco
 					"to upgrade it with pg_upgrade (POSTGRES_UPGRADE_MODE=link|clone|copy; take a backup first), or keep running an image with PostgreSQL %d; nothing was changed",
 					n.DataDir, v.Major, n.Major, v.Major)
 			}
+			if holder, err := n.takeUpgradeLock(ctx); err != nil {
+				return out, err
+			} else if holder != "" {
+				continue // another member got there first: the DCS view now says wait
+			}
 			u, err := n.startUpgrade(ctx, cfg, v, st)
 			if err != nil {
 				return out, err
