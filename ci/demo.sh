@@ -56,17 +56,25 @@ wait_healthy() { # containers...
 leader() { dc exec -T pg1 patronictl list -f json 2>/dev/null |
   python3 -c 'import json,sys; print(next((m["Member"] for m in json.load(sys.stdin) if m["Role"]=="Leader"), ""))'; }
 
+write_env
 case "${1:-up}" in
   up)
     t0=$(date +%s)
     bash ci/build-base.sh
     bash ci/build-image.sh
     bash ci/build-aux-images.sh
-    write_env
     profiles=()
     if docker image inspect "${MINIO_IMAGE:-pgnode-minio:local}" >/dev/null 2>&1; then
       profiles=(--profile s3)
-      export DEMO_S3_ENDPOINT=http://minio:9000 DEMO_S3_BACKUP_PATH=s3://pgnode-demo/backups
+      # Backups only when the image has WAL-G (see docs/image.md); MinIO runs either way.
+      if docker run --rm --entrypoint sh "${PGNODE_IMAGE:-pgnode:pg17}" -c 'command -v wal-g' >/dev/null 2>&1; then
+        # shellcheck disable=SC1090
+        . "$envf"
+        export DEMO_S3_ENDPOINT=http://minio:9000 DEMO_S3_BACKUP_PATH=s3://pgnode-demo/backups \
+          DEMO_S3_ACCESS_KEY=$MINIO_ROOT_USER DEMO_S3_SECRET_KEY=$MINIO_ROOT_PASSWORD
+      else
+        echo "demo: the image has no WAL-G: MinIO starts, backups stay off"
+      fi
     else
       echo "demo: no MinIO image (run ci/setup-minio.sh, then this again): starting without S3/backups"
     fi
