@@ -167,7 +167,7 @@ func TestPatroniSettings(t *testing.T) {
 	s = c.Patroni(node, true)
 	rc := s.BootstrapConf["recovery_conf"].(map[string]any)
 	if s.BootstrapMethod != "walg" || s.BootstrapConf["command"] != rw+" backup-fetch /var/lib/postgresql/data LATEST" ||
-		rc["recovery_target_time"] != "2026-01-31 12:00:00+00" || rc["recovery_target_inclusive"] != false ||
+		rc["recovery_target_time"] != "2026-01-31 12:00:00+00" || rc["recovery_target_inclusive"] != "false" ||
 		rc["recovery_target_timeline"] != "3" || rc["recovery_target_action"] != "promote" || rc["restore_command"] != rw+" wal-fetch %f %p" {
 		t.Errorf("PITR bootstrap: %+v", s.BootstrapConf)
 	}

@@ -99,7 +99,7 @@ func (c *Config) Patroni(node Node, bootstrapFromBackup bool) PatroniSettings {
 		}
 		if c.RecoveryTargetTime != "" {
 			rc["recovery_target_time"] = c.RecoveryTargetTime
-			rc["recovery_target_inclusive"] = c.RecoveryTargetInclusive
+			rc["recovery_target_inclusive"] = fmt.Sprint(c.RecoveryTargetInclusive) // "true"/"false", as PostgreSQL spells it
 		}
 		s.BootstrapMethod = "walg"
 		s.BootstrapConf = map[string]any{

@@ -62,6 +62,15 @@ func TestRealWALG(t *testing.T) {
 	if rc, out := cli("push"); rc != 0 {
 		t.Fatalf("backup push: %s", out)
 	}
+	if rc, out := cli("list"); rc != 0 || !strings.Contains(out, "base_") {
+		t.Fatalf("backup list: rc %d %s", rc, out)
+	}
+	if rc, out := cli("wal-show"); rc != 0 {
+		t.Fatalf("wal-show: rc %d %s", rc, out)
+	}
+	if rc, out := cli("check"); rc != 0 || strings.Count(out, "OK") != 2 {
+		t.Fatalf("check: rc %d %s", rc, out)
+	}
 
 	// Rows 1..100, a recorded time, rows 101..200.
 	primary.psql("postgres", "CREATE TABLE marks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
