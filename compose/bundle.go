@@ -280,6 +280,7 @@ func (c *Cluster) envVars(r Resolved) []envVar {
 	set("nodes.lan_host", "LAN_HOST", r.LANHost)
 	set("ports.postgres", "POSTGRES_PORT", strconv.Itoa(r.Ports.Postgres))
 	set("ports.patroni_api", "PATRONI_RESTAPI_PORT", strconv.Itoa(r.Ports.PatroniAPI))
+	set("ports.backup_metrics", "POSTGRES_BACKUP_METRICS_ADDR", ":"+strconv.Itoa(r.Ports.BackupMetrics))
 	set("secrets.restapi_password", "PATRONI_RESTAPI_PASSWORD", c.Secrets.RestAPIPassword)
 	set("ports.consul_http", "PATRONI_CONSUL_HOST", fmt.Sprintf("%s:%d", c.consulCheckAddr(), r.Ports.ConsulHTTP))
 	set("secrets.superuser_password", "POSTGRES_SUPERUSER_PASSWORD", c.Secrets.SuperuserPassword)

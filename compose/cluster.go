@@ -92,11 +92,12 @@ type Ports struct {
 	ConsulSerfLAN int `yaml:"consul_serf_lan,omitempty"` // 8301
 	ConsulSerfWAN int `yaml:"consul_serf_wan,omitempty"` // 8302
 	ConsulServer  int `yaml:"consul_server,omitempty"`   // 8300
+	BackupMetrics int `yaml:"backup_metrics,omitempty"`  // 9188, the agent's backup metrics (POSTGRES_BACKUP_METRICS_ADDR)
 }
 
 // DefaultPorts are the well-known ports.
 var DefaultPorts = Ports{Postgres: 5432, PatroniAPI: 8008, ConsulHTTP: 8500, ConsulDNS: 8600,
-	ConsulSerfLAN: 8301, ConsulSerfWAN: 8302, ConsulServer: 8300}
+	ConsulSerfLAN: 8301, ConsulSerfWAN: 8302, ConsulServer: 8300, BackupMetrics: 9188}
 
 func (p Ports) over(base Ports) Ports {
 	pick := func(a, b int) int {
@@ -108,7 +109,7 @@ func (p Ports) over(base Ports) Ports {
 	return Ports{pick(p.Postgres, base.Postgres), pick(p.PatroniAPI, base.PatroniAPI),
 		pick(p.ConsulHTTP, base.ConsulHTTP), pick(p.ConsulDNS, base.ConsulDNS),
 		pick(p.ConsulSerfLAN, base.ConsulSerfLAN), pick(p.ConsulSerfWAN, base.ConsulSerfWAN),
-		pick(p.ConsulServer, base.ConsulServer)}
+		pick(p.ConsulServer, base.ConsulServer), pick(p.BackupMetrics, base.BackupMetrics)}
 }
 
 func (p Ports) list() []struct {
@@ -120,7 +121,8 @@ func (p Ports) list() []struct {
 		port  int
 	}{{"postgres", p.Postgres}, {"patroni_api", p.PatroniAPI}, {"consul_http", p.ConsulHTTP},
 		{"consul_dns", p.ConsulDNS}, {"consul_serf_lan", p.ConsulSerfLAN},
-		{"consul_serf_wan", p.ConsulSerfWAN}, {"consul_server", p.ConsulServer}}
+		{"consul_serf_wan", p.ConsulSerfWAN}, {"consul_server", p.ConsulServer},
+		{"backup_metrics", p.BackupMetrics}}
 }
 
 // Secrets are the cluster's shared secrets.
@@ -402,7 +404,7 @@ func (c *Cluster) Validate() error {
 			if p.port < 1 || p.port > 65535 {
 				return fieldErr(f+".ports."+p.field, "%d is not a port (1-65535)", p.port)
 			}
-			if !n.Patroni && (p.field == "postgres" || p.field == "patroni_api") {
+			if !n.Patroni && (p.field == "postgres" || p.field == "patroni_api" || p.field == "backup_metrics") {
 				continue
 			}
 			key := fmt.Sprintf("%s:%d", n.LANHost, p.port)

@@ -64,6 +64,47 @@ func fetchJSON(ctx context.Context, dial dialFunc, addr, path string, v any) err
 	return nil
 }
 
+// lastBackup reads pgnode_backup_last_success_timestamp_seconds from the agent's backup
+// metrics (package backup, POSTGRES_BACKUP_METRICS_ADDR): "n/a" when not served.
+func lastBackup(ctx context.Context, dial dialFunc, addr string) string {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, a string) (net.Conn, error) {
+		if dial == nil {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", a)
+		}
+		return dial(a)
+	}}
+	defer tr.CloseIdleConnections()
+	cl := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return "n/a"
+	}
+	resp, err := cl.Do(req)
+	if err != nil {
+		return "n/a"
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return "n/a"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 && f[0] == "pgnode_backup_last_success_timestamp_seconds" {
+			v, err := strconv.ParseFloat(f[1], 64)
+			if err != nil {
+				return "n/a"
+			}
+			if v == 0 {
+				return "none"
+			}
+			return time.Unix(int64(v), 0).UTC().Format("2006-01-02 15:04Z")
+		}
+	}
+	return "n/a"
+}
+
 func fetchCluster(ctx context.Context, dial dialFunc, addr string) (*PatroniCluster, error) {
 	var c PatroniCluster
 	if err := fetchJSON(ctx, dial, addr, "/cluster", &c); err != nil {
@@ -95,6 +136,7 @@ type NodeStatus struct {
 func Status(ctx context.Context, c *Cluster, o StatusOptions) (scopeLine string, rows []NodeStatus, err error) {
 	var cl *PatroniCluster
 	var errs []string
+	backups := map[string]string{}
 	for i, n := range c.Nodes {
 		if !n.Patroni {
 			continue
@@ -110,13 +152,16 @@ func Status(ctx context.Context, c *Cluster, o StatusOptions) (scopeLine string,
 			defer rm.Close()
 			dial = rm.DialTCP
 		}
+		backups[n.Name] = lastBackup(ctx, dial, net.JoinHostPort(r.LANHost, strconv.Itoa(r.Ports.BackupMetrics)))
+		if cl != nil {
+			continue
+		}
 		got, err := fetchCluster(ctx, dial, apiAddr(r))
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("node %s: Patroni REST API %s: %v", n.Name, apiAddr(r), err))
 			continue
 		}
 		cl = got
-		break
 	}
 	if cl == nil {
 		return "", nil, fmt.Errorf("no DB node answered: %s", strings.Join(errs, "; "))
@@ -125,6 +170,9 @@ func Status(ctx context.Context, c *Cluster, o StatusOptions) (scopeLine string,
 	for _, m := range cl.Members {
 		seen[m.Name] = true
 		row := NodeStatus{Member: m.Name, Host: m.Host, Role: titleRole(m.Role), State: m.State, LastBackup: "n/a"}
+		if b, ok := backups[m.Name]; ok {
+			row.LastBackup = b
+		}
 		if m.Timeline > 0 {
 			row.Timeline = strconv.Itoa(m.Timeline)
 		}
