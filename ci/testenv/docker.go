@@ -76,6 +76,7 @@ type ComposeProject struct {
 	Subnet   string
 	profiles []string
 	t        testing.TB
+	down     bool
 }
 
 var nonName = regexp.MustCompile(`[^a-z0-9]+`)
@@ -106,14 +107,24 @@ func NewComposeProject(t testing.TB, prefix, file string, env map[string]string)
 			t.Logf("PGNODE_E2E_KEEP=1: leaving compose project %s running", p.Name)
 			return
 		}
-		if t.Failed() {
+		if t.Failed() && !p.down {
 			p.DumpLogs(200)
 		}
-		if out, err := p.ComposeErr(append(p.profileArgs(), "down", "-v", "--timeout", "20")...); err != nil {
-			t.Logf("compose down %s: %v\n%s", p.Name, err, out)
-		}
+		p.Down()
 	})
 	return p
+}
+
+// Down removes the project's containers, networks and volumes (idempotent; also done when
+// the test ends).
+func (p *ComposeProject) Down() {
+	if p.down {
+		return
+	}
+	p.down = true
+	if out, err := p.ComposeErr(append(p.profileArgs(), "down", "-v", "--timeout", "20")...); err != nil {
+		p.t.Logf("compose down %s: %v\n%s", p.Name, err, out)
+	}
 }
 
 func (p *ComposeProject) writeEnv() {
