@@ -154,13 +154,6 @@ func (m *Manager) cliPush(ctx context.Context, stdout, stderr io.Writer) int {
 
 // switchWAL closes the current WAL segment so it is archived right away.
 func (m *Manager) switchWAL(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	conn, err := connectPG(ctx, m.node.PGHost, m.node.PGPort, m.node.superUser(), m.node.SuperPassword.Value(), "postgres")
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(ctx, "SELECT pg_switch_wal()")
+	_, err := queryOne(ctx, m.node, "SELECT pg_walfile_name(pg_switch_wal())")
 	return err
 }

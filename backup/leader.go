@@ -5,10 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"pgnode/internal/command"
 )
 
 // patroniRole asks Patroni's REST API (GET /patroni) for this node's role.
@@ -65,20 +69,46 @@ func (n Node) superUser() string {
 	return n.SuperUser
 }
 
-// inRecovery asks PostgreSQL itself whether it is a standby.
-func inRecovery(ctx context.Context, node Node) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+// queryOne runs a one-value query on the node's PostgreSQL through pgx on the unix socket.
+// When that is refused (the socket authenticates the superuser by peer and the agent runs
+// as root) and the node has a Credential, it runs psql as that user instead.
+func queryOne(ctx context.Context, node Node, sql string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	conn, err := connectPG(ctx, node.PGHost, node.PGPort, node.superUser(), node.SuperPassword.Value(), "postgres")
+	if err == nil {
+		defer conn.Close(context.Background())
+		var v any
+		if qerr := conn.QueryRow(ctx, sql).Scan(&v); qerr != nil {
+			return "", fmt.Errorf("while running %s: %w", sql, qerr)
+		}
+		return fmt.Sprint(v), nil
+	}
+	if node.Credential == nil || ctx.Err() != nil {
+		return "", err
+	}
+	out, perr := command.Output(ctx, command.Spec{Path: filepath.Join(node.binDir(), "psql"), Name: "psql",
+		Args:       []string{"-h", node.PGHost, "-p", strconv.Itoa(node.PGPort), "-U", node.superUser(), "-d", "postgres", "-XAtq", "-c", sql},
+		Credential: node.Credential})
+	if perr != nil {
+		return "", fmt.Errorf("%v; as the postgres user: %w", err, perr)
+	}
+	return strings.TrimSpace(out), nil
+}
+
+// inRecovery asks PostgreSQL itself whether it is a standby.
+func inRecovery(ctx context.Context, node Node) (bool, error) {
+	v, err := queryOne(ctx, node, "SELECT pg_is_in_recovery()")
 	if err != nil {
 		return false, err
 	}
-	defer conn.Close(context.Background())
-	var rec bool
-	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
-		return false, fmt.Errorf("while asking PostgreSQL pg_is_in_recovery(): %w", err)
+	switch v {
+	case "true", "t":
+		return true, nil
+	case "false", "f":
+		return false, nil
 	}
-	return rec, nil
+	return false, fmt.Errorf("unexpected pg_is_in_recovery() answer %q", v)
 }
 
 // checkLeader reports whether this node is the writable leader: Patroni says so (role

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -73,7 +74,24 @@ func TestLeaderCheckRealPostgres(t *testing.T) {
 			}
 		})
 	}
+
+	// As in the image: the socket authenticates the superuser by peer only, and the agent
+	// runs as root. pgx is refused; the check falls back to psql as the postgres user.
+	if err := os.WriteFile(filepath.Join(primary.data, "pg_hba.conf"), []byte("local all postgres peer\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	primary.psql("postgres", "SELECT pg_reload_conf()")
+	role.Store("master")
 	n := primary.node("n")
+	n.PatroniURL = api.URL
+	if leader, reason, err := checkLeader(context.Background(), n); err != nil || !leader {
+		t.Fatalf("peer-only socket with the postgres credential: %v %q %v", leader, reason, err)
+	}
+	n.Credential = nil
+	if _, _, err := checkLeader(context.Background(), n); err == nil || !strings.Contains(err.Error(), "Peer authentication failed") {
+		t.Fatalf("peer-only socket as root without a credential: want a peer authentication error, got %v", err)
+	}
+
 	n.PatroniURL = "http://127.0.0.1:1"
 	if _, _, err := checkLeader(context.Background(), n); err == nil {
 		t.Fatal("unreachable Patroni: no error")
