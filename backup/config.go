@@ -36,7 +36,6 @@ type Config struct {
 	Retries        int           `envconfig:"POSTGRES_BACKUP_RETRIES" default:"3" desc:"how many times a failed scheduled backup is retried (with doubling delay) before the slot is given up"`
 	RetryDelay     time.Duration `envconfig:"POSTGRES_BACKUP_RETRY_DELAY" default:"1m" desc:"delay before the first retry of a failed backup; doubles for each further retry (at most 30m)"`
 	MaxAgeHours    int           `envconfig:"POSTGRES_BACKUP_MAX_AGE_HOURS" default:"26" desc:"the backup status is flagged when no successful full backup is newer than this many hours; 0 turns the check off"`
-	MetricsAddr    string        `envconfig:"POSTGRES_BACKUP_METRICS_ADDR" default:":9188" desc:"host:port where the agent serves backup metrics (Prometheus text format) at /metrics; empty: not served"`
 
 	VerifySchedule string `envconfig:"POSTGRES_BACKUP_VERIFY_SCHEDULE" desc:"cron expression of an automatic restore check (pgnode backup verify) on this node; empty: only on demand. Needs the read-only S3 keys"`
 	VerifyDir      string `envconfig:"POSTGRES_BACKUP_VERIFY_DIR" default:"/var/lib/postgresql/restore-check" desc:"scratch directory for restore checks (needs room for a full copy of the database; emptied afterwards)"`

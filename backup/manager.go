@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"sync"
 	"time"
 
@@ -88,18 +86,6 @@ func (m *Manager) Start(ctx context.Context) error {
 	m.mu.Unlock()
 
 	var wg sync.WaitGroup
-	if m.cfg.MetricsAddr != "" {
-		srv := &http.Server{Addr: m.cfg.MetricsAddr, Handler: m.metricsMux(), ReadHeaderTimeout: 5 * time.Second}
-		ln, err := net.Listen("tcp", m.cfg.MetricsAddr)
-		if err != nil {
-			m.log.Error("backup metrics are not served", "POSTGRES_BACKUP_METRICS_ADDR", m.cfg.MetricsAddr, "err", err)
-		} else {
-			wg.Add(1)
-			go func() { defer wg.Done(); _ = srv.Serve(ln) }()
-			go func() { <-ctx.Done(); _ = srv.Close() }()
-		}
-	}
-
 	wg.Add(1)
 	go func() { defer wg.Done(); m.refreshLoop(ctx) }()
 

@@ -68,12 +68,6 @@ func (m *Manager) statusAt(now time.Time) Status {
 	return s
 }
 
-func (m *Manager) metricsMux() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", m.MetricsHandler())
-	return mux
-}
-
 // MetricsHandler serves the backup metrics in Prometheus' text exposition format.
 func (m *Manager) MetricsHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {

@@ -429,7 +429,7 @@ func TestMetricsAndStatus(t *testing.T) {
 func TestStartWithoutS3(t *testing.T) {
 	logs := captureLogs(t)
 	bin, dir := standIn(t)
-	cfg := Config{WalgBinary: bin, Schedule: "@every 1s", MetricsAddr: "127.0.0.1:1"}
+	cfg := Config{WalgBinary: bin, Schedule: "@every 1s"}
 	m := NewManager(cfg, Node{Scope: "x", ConsulAddr: "127.0.0.1:1"})
 	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
 	defer cancel()
