@@ -10,23 +10,24 @@ import (
 
 // Status is the backup state a health check or `pgnode status` shows.
 type Status struct {
-	Enabled             bool
-	LastSuccess         time.Time // zero: none known
-	LastBackupName      string
-	LastDuration        time.Duration
-	LastSizeBytes       int64
-	ConsecutiveFailures int
-	LastError           string
-	StorageError        string // from the start-up storage check ("" when fine or not checked)
-	VerifyRan           bool
-	VerifyOK            bool
-	VerifyTime          time.Time
-	VerifyError         string
+	Enabled             bool          `json:"enabled"`
+	LastSuccess         time.Time     `json:"last_success,omitzero"` // zero: none known
+	LastBackupName      string        `json:"last_backup_name,omitempty"`
+	LastDuration        time.Duration `json:"last_duration_ns,omitempty"`
+	LastSizeBytes       int64         `json:"last_size_bytes,omitempty"`
+	ConsecutiveFailures int           `json:"consecutive_failures"`
+	LastError           string        `json:"last_error,omitempty"`
+	StorageError        string        `json:"storage_error,omitempty"` // from the start-up storage check
+	VerifyRan           bool          `json:"verify_ran"`
+	VerifyOK            bool          `json:"verify_ok"`
+	VerifyTime          time.Time     `json:"verify_time,omitzero"`
+	VerifyError         string        `json:"verify_error,omitempty"`
 	// Stale is true when no successful backup is newer than POSTGRES_BACKUP_MAX_AGE_HOURS
-	// (only once the manager has run long enough to have made one).
-	Stale bool
-	// Problem is a one-line summary of what is wrong ("" when nothing is).
-	Problem string
+	// (judged once the start-up storage check has run).
+	Stale bool `json:"stale"`
+	// Problem is a one-line summary of what is wrong ("" when nothing is); `pgnode health`
+	// or status can show it.
+	Problem string `json:"problem,omitempty"`
 }
 
 // Status returns the current backup state.
