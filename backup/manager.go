@@ -132,6 +132,9 @@ func (m *Manager) refreshLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		m.refresh(ctx)
+		m.mu.Lock()
+		m.st.storageChecked = true // from now on a missing backup counts as stale
+		m.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return
@@ -148,7 +151,6 @@ func (m *Manager) checkStorage(ctx context.Context) {
 		err = m.cfg.CheckStorage(ctx, ReadOnly, prefix)
 	}
 	m.mu.Lock()
-	m.st.storageChecked = true
 	if err != nil {
 		m.st.storageErr = err.Error()
 	} else {

@@ -98,7 +98,7 @@ func (m *Manager) metricsText(now time.Time) string {
 		return float64(t.UnixNano()) / 1e9
 	}
 	g("pgnode_backup_enabled", "1 when S3 is configured (WAL archiving and backups on).", "gauge", b2f(s.Enabled))
-	if storageChecked {
+	if storageChecked || s.StorageError != "" {
 		g("pgnode_backup_storage_ok", "1 when the start-up check of the S3 storage (endpoint, keys, bucket) passed.", "gauge", b2f(s.StorageError == ""))
 	}
 	g("pgnode_backup_last_success_timestamp_seconds", "Finish time of the newest successful full backup (0: none known).", "gauge", ts(s.LastSuccess))
