@@ -61,19 +61,16 @@ func (w *leaderWatch) counts() (changes, doubles int) {
 
 func (w *leaderWatch) Stop() { close(w.stop); <-w.finished }
 
-// TestConsulAgentRestartsAndLoss gives every node its own Consul agent (3 real Consul
-// servers on loopback, as on DB nodes) and restarts a replica's agent, then the leader's
-// agent: no failover storm, never two primaries. Then the leader's agent is killed for
-// good: its session ends with its serfHealth; still never two primaries, and one leader
-// serves writes.
-func TestConsulAgentRestartsAndLoss(t *testing.T) {
+// startClusterPerNodeConsul starts 3 real Consul servers and 3 pgnode nodes, each node
+// talking to its own Consul agent as on real DB nodes.
+func startClusterPerNodeConsul(t *testing.T, ports *testenv.Ports, scope string, extra map[string]string) (*cluster, []*testenv.ConsulServer) {
+	t.Helper()
 	testenv.RequireBinary(t, "patroni")
-	ports := testenv.NewPorts(25600)
 	servers := testenv.StartConsulCluster(t, ports, 3)
 	bin := testenv.BuildPgnode(t)
-	c := &cluster{t: t, ports: ports, scope: "agents"}
+	c := &cluster{t: t, ports: ports, scope: scope}
 	for i := 0; i < 3; i++ {
-		c.nodes = append(c.nodes, testenv.NewNode(t, bin, ports, servers[i].AsConsul(), "agents", fmt.Sprintf("agents-n%d", i+1), nil))
+		c.nodes = append(c.nodes, testenv.NewNode(t, bin, ports, servers[i].AsConsul(), scope, fmt.Sprintf("%s-n%d", scope, i+1), extra))
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -87,6 +84,16 @@ func TestConsulAgentRestartsAndLoss(t *testing.T) {
 	c.nodes[1].Start()
 	c.nodes[2].Start()
 	c.waitStreaming(120*time.Second, 2)
+	return c, servers
+}
+
+// TestConsulAgentRestartsAndLoss gives every node its own Consul agent (3 real Consul
+// servers on loopback, as on DB nodes) and restarts a replica's agent, then the leader's
+// agent: no failover storm, never two primaries. Then the leader's agent is killed for
+// good: its session ends with its serfHealth; still never two primaries, and one leader
+// serves writes.
+func TestConsulAgentRestartsAndLoss(t *testing.T) {
+	c, servers := startClusterPerNodeConsul(t, testenv.NewPorts(25600), "agents", nil)
 	agentOf := func(n *testenv.Node) *testenv.ConsulServer {
 		for i, m := range c.nodes {
 			if m == n {
@@ -108,6 +115,7 @@ func TestConsulAgentRestartsAndLoss(t *testing.T) {
 	}
 	agentOf(replica).Restart()
 	agentOf(replica).WaitLeader(60 * time.Second)
+	agentOf(replica).WaitVoters(3, 120*time.Second)
 	time.Sleep(20 * time.Second)
 	changes, doubles := w.counts()
 	t.Logf("replica's Consul agent restarted: %d leader changes, %d samples with two primaries", changes, doubles)
@@ -118,6 +126,7 @@ func TestConsulAgentRestartsAndLoss(t *testing.T) {
 
 	agentOf(leader).Restart()
 	agentOf(leader).WaitLeader(60 * time.Second)
+	agentOf(leader).WaitVoters(3, 120*time.Second)
 	time.Sleep(20 * time.Second)
 	changes2, doubles := w.counts()
 	t.Logf("leader's Consul agent restarted: %d leader changes, %d samples with two primaries", changes2-changes, doubles)

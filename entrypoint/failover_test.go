@@ -263,6 +263,64 @@ func TestFailoverBench(t *testing.T) {
 	}
 }
 
+// TestHostLossBench measures failover after a whole host is lost: the node's Consul agent
+// and pgnode, Patroni and PostgreSQL are all killed at once, so only the Consul servers'
+// failure detection (serfHealth) or the session TTL can end the leader's session
+// (ci/bench-failover.sh).
+func TestHostLossBench(t *testing.T) {
+	if os.Getenv("PGNODE_BENCH") != "1" {
+		t.Skip("SKIP: benchmark; run ci/bench-failover.sh")
+	}
+	trials := 5
+	if n, err := strconv.Atoi(os.Getenv("PGNODE_BENCH_TRIALS")); err == nil && n > 0 {
+		trials = n
+	}
+	c, servers := startClusterPerNodeConsul(t, testenv.NewPorts(25700), "hostloss", nil)
+	ctx := context.Background()
+	if err := c.leader().Exec(ctx, "CREATE TABLE writes (id bigserial primary key, node text, seq int)"); err != nil {
+		t.Fatal(err)
+	}
+	var windows []float64
+	split := 0
+	for i := 0; i < trials; i++ {
+		c.waitStreaming(180*time.Second, 2)
+		old := c.leader()
+		idx := 0
+		for j, n := range c.nodes {
+			if n == old {
+				idx = j
+			}
+		}
+		w := startWriter(t, c.nodes, 100*time.Millisecond)
+		time.Sleep(2 * time.Second)
+		killedAt := time.Now()
+		servers[idx].Kill()
+		old.KillAll()
+		nl := c.waitLeader(120*time.Second, old)
+		testenv.WaitFor(t, 60*time.Second, "write on new leader", func() error {
+			if firstOKAfter(w.snapshot(), nl.Name, killedAt).IsZero() {
+				return fmt.Errorf("none")
+			}
+			return nil
+		})
+		rs := w.Stop()
+		first := firstOKAfter(rs, nl.Name, killedAt)
+		windows = append(windows, first.Sub(killedAt).Seconds())
+		if !lastOK(rs, old.Name).Before(first) {
+			split++
+		}
+		servers[idx].Start()
+		servers[idx].WaitLeader(60 * time.Second)
+		servers[idx].WaitVoters(3, 120*time.Second)
+		old.Start()
+	}
+	sort.Float64s(windows)
+	fmt.Println("| configuration | scenario | write-unavailability window |")
+	fmt.Println("|---|---|---|")
+	fmt.Printf("| pgnode (ttl 20/5/5 + fenced alive check) | host loss (node's Consul agent + all processes killed) | median %.1f s (min %.1f, max %.1f), split brain in %d/%d |\n",
+		windows[len(windows)/2], windows[0], windows[len(windows)-1], split, trials)
+}
+
 // TestAgentOverheadBench measures the agent's own cost: time from `pgnode run` to
 // Patroni's exec, and pgnode's resident memory while Patroni runs (ci/bench-failover.sh).
 func TestAgentOverheadBench(t *testing.T) {

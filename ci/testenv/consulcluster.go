@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -135,4 +136,38 @@ func (cs *ConsulServer) Restart() {
 // AsConsul returns the server as a *Consul for code that takes the dev agent type.
 func (cs *ConsulServer) AsConsul() *Consul {
 	return &Consul{HTTPPort: cs.HTTPPort, DNSPort: cs.DNSPort, Addr: cs.Addr, LogPath: cs.LogPath}
+}
+
+// WaitVoters waits until the Raft configuration seen by this server has n healthy voters
+// (a restarted server only counts again after autopilot promotes it).
+func (cs *ConsulServer) WaitVoters(n int, d time.Duration) {
+	cs.t.Helper()
+	WaitFor(cs.t, d, fmt.Sprintf("%d Raft voters", n), func() error {
+		resp, err := http.Get("http://" + cs.Addr + "/v1/operator/autopilot/health")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var h struct {
+			Healthy bool
+			Servers []struct {
+				Name    string
+				Healthy bool
+				Voter   bool
+			}
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+			return err
+		}
+		voters := 0
+		for _, s := range h.Servers {
+			if s.Voter && s.Healthy {
+				voters++
+			}
+		}
+		if voters != n {
+			return fmt.Errorf("%d healthy voters", voters)
+		}
+		return nil
+	})
 }
