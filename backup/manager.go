@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -21,7 +22,9 @@ type Manager struct {
 	cfg  Config
 	node Node
 	log  *slog.Logger
-	walg *walgRunner
+	// requested is set by RequestBackup: a full backup is due as soon as this node leads.
+	requested atomic.Bool
+	walg      *walgRunner
 
 	// leaderCheck reports whether this node is the writable leader (Patroni's REST API
 	// confirmed by pg_is_in_recovery()); replaced in tests of the scheduling rules.
@@ -116,12 +119,37 @@ func (m *Manager) Start(ctx context.Context) error {
 		}))
 	}
 	c.Start()
+	wg.Add(1)
+	go func() { defer wg.Done(); m.requestedLoop(ctx) }()
 	m.log.Info("backup schedule started", "schedule", m.cfg.Schedule, "next", c.Entry(backupID).Next,
 		"keep_full", m.cfg.KeepFull, "prefix", m.cfg.Prefix(m.node.Scope, m.node.Major))
 	<-ctx.Done()
 	<-c.Stop().Done()
 	wg.Wait()
 	return nil
+}
+
+// RequestBackup asks for a full backup as soon as this node is the leader (after a major
+// upgrade the old backups belong to another system identifier). It is taken once, under
+// the cluster-wide lock, with retention after it like a scheduled one.
+func (m *Manager) RequestBackup() { m.requested.Store(true) }
+
+func (m *Manager) requestedLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(15 * time.Second):
+		}
+		if !m.requested.Load() || !m.running.TryLock() {
+			continue
+		}
+		if m.attempt(ctx, time.Time{}) == outcomeDone {
+			m.requested.Store(false)
+			m.log.Info("requested full backup done")
+		}
+		m.running.Unlock()
+	}
 }
 
 // refreshLoop checks the storage once at start, then keeps the newest backup and the last

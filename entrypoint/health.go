@@ -2,11 +2,13 @@ package entrypoint
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"time"
 
+	"pgnode/backup"
 	"pgnode/upgrade"
 )
 
@@ -32,13 +34,22 @@ func Health(ctx context.Context, cfg *Config) (string, error) {
 	if ms.State != "running" {
 		return "", fmt.Errorf("PostgreSQL is %q (role %s)", ms.State, ms.Role)
 	}
+	note := ""
+	if b, err := os.ReadFile(cfg.backupStatusFile()); err == nil {
+		var bs backup.Status
+		if json.Unmarshal(b, &bs) == nil && bs.Problem != "" {
+			// A backup problem does not make PostgreSQL unhealthy; it is shown, and
+			// reported by the metrics.
+			note = "; backup problem: " + bs.Problem
+		}
+	}
 	if ms.IsLeader() {
-		return fmt.Sprintf("leader, running, timeline %d", ms.Timeline), nil
+		return fmt.Sprintf("leader, running, timeline %d%s", ms.Timeline, note), nil
 	}
 	if ms.ReplicationState != "" && ms.ReplicationState != "streaming" {
 		return "", fmt.Errorf("replica is running but %s, not streaming", ms.ReplicationState)
 	}
-	return fmt.Sprintf("%s, running, timeline %d", ms.Role, ms.Timeline), nil
+	return fmt.Sprintf("%s, running, timeline %d%s", ms.Role, ms.Timeline, note), nil
 }
 
 func cmdHealth(args []string, stdout io.Writer) int {

@@ -137,7 +137,7 @@ func (c *Config) AliveCheckID() string { return aliveCheckNS + c.Scope + "-" + c
 // BackupNode describes this node to the backup package.
 func (c *Config) BackupNode() backup.Node {
 	return backup.Node{
-		Scope: c.Scope, Name: c.Name, Major: c.PGMajor, DataDir: c.DataDir,
+		Scope: c.Scope, Name: c.Name, Major: c.PGMajor, DataDir: c.DataDir, PGBinDir: c.BinDir,
 		PGHost: c.SocketDir, PGPort: c.PGPort, SuperUser: SuperUser, SuperPassword: c.SuperPassword,
 		PatroniURL:  "http://" + net.JoinHostPort(localHost(c.ListenHost), strconv.Itoa(c.RestAPIPort)),
 		PatroniUser: c.RestAPIUser, PatroniPassword: c.RestAPIPassword,

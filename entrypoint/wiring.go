@@ -2,6 +2,9 @@ package entrypoint
 
 import (
 	"context"
+	"encoding/json"
+	"path/filepath"
+
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
+	"pgnode/internal/fileutil"
 	"strconv"
 	"syscall"
 	"time"
@@ -79,9 +83,11 @@ func (r *runner) startSidecars(ctx context.Context) {
 			slog.Error("backup scheduler stopped", "err", err)
 		}
 	}()
-	if r.requestFullBackup {
-		slog.Warn("the data volume has a new system identifier: take a new full backup once the leader runs (pgnode backup push); the next scheduled backup does it otherwise")
+	if r.requestFullBackup && r.cfg.BackupConfig.Enabled() {
+		slog.Info("the data volume has a new system identifier: a full backup is taken as soon as this node leads")
+		m.RequestBackup()
 	}
+	go r.publishBackupStatus(ctx, m)
 	if r.cfg.MetricsPort == 0 {
 		return
 	}
@@ -94,6 +100,26 @@ func (r *runner) startSidecars(ctx context.Context) {
 		}
 	}()
 	go func() { <-ctx.Done(); _ = srv.Close() }()
+}
+
+// backupStatusFile is where `pgnode run` publishes the backup state for `pgnode health`
+// and `pgnode status`, next to the agent status file.
+func (c *Config) backupStatusFile() string {
+	return filepath.Join(filepath.Dir(c.StatusFile), "backup.json")
+}
+
+func (r *runner) publishBackupStatus(ctx context.Context, m *backup.Manager) {
+	for {
+		b, err := json.Marshal(m.Status())
+		if err == nil {
+			_ = fileutil.WriteAtomic(r.cfg.backupStatusFile(), b, 0o644, -1, -1)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(30 * time.Second):
+		}
+	}
 }
 
 // cmdBackup runs `pgnode backup …` (package backup).
