@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$PATH
 bash ci/setup-host.sh >/dev/null
-PGNODE_BENCH=1 go test -count=1 -timeout 60m -run 'TestFailoverBench|TestAgentOverheadBench' -v ./entrypoint 2>&1 \
+PGNODE_BENCH=1 go test -count=1 -timeout 60m -run 'TestFailoverBench|TestHostLossBench|TestAgentOverheadBench' -v ./entrypoint 2>&1 \
   | grep -E '^\||^--- |^(ok|FAIL)'
