@@ -104,6 +104,13 @@ func StartDemo(t testing.TB, extra map[string]string) *Cluster {
 	for k, v := range extra {
 		env[k] = v
 	}
+	// PGNODE_E2E_ENV="K=V;K=V" overrides demo variables for experiments
+	// (e.g. PGNODE_FAST_FAILOVER=false).
+	for _, kv := range strings.Split(os.Getenv("PGNODE_E2E_ENV"), ";") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(kv), "="); ok {
+			env[k] = v
+		}
+	}
 	c := &Cluster{t: t, Password: env["POSTGRES_SUPERUSER_PASSWORD"]}
 	c.P = testenv.NewComposeProject(t, "e2e", filepath.Join(root, "compose", "demo", "docker-compose.yml"), env)
 	c.started = time.Now()

@@ -154,8 +154,9 @@ func TestDemoCluster(t *testing.T) {
 		if late == 0 {
 			t.Fatalf("the leader %s acknowledged no writes 25 s after %s was lost", leader, srv)
 		}
-		window, _ := Unavailability(acks, t0)
-		t.Logf("MEASURE one Consul server lost: longest write gap %.2fs, no failover", window.Seconds())
+		window, after := Unavailability(acks, t0)
+		t.Logf("MEASURE one Consul server lost: longest write gap %.2fs (ended %s), no failover", window.Seconds(), after.At.Format("15:04:05.000"))
+		logGap(t, w, leader, window)
 		ensureRunning(c, srv)
 		c.P.WaitHealthy(2*time.Minute, srv)
 		if got := c.WaitTopology(2*time.Minute, 3); got != leader {
@@ -193,8 +194,9 @@ func TestDemoCluster(t *testing.T) {
 		for _, o := range Overlaps(acks) {
 			t.Errorf("two writable nodes: %s", o)
 		}
-		window, _ := Unavailability(acks, t0)
-		t.Logf("MEASURE all Consul servers lost (failsafe): %d writes in the last 10 s, longest gap %.2fs", len(served), window.Seconds())
+		window, after := Unavailability(acks, t0)
+		t.Logf("MEASURE all Consul servers lost (failsafe): %d writes in the last 10 s, longest gap %.2fs (ended %s)", len(served), window.Seconds(), after.At.Format("15:04:05.000"))
+		logGap(t, w, leader, window)
 		c.P.WaitHealthy(2*time.Minute, "consul1", "consul2", "consul3")
 		leader = c.WaitTopology(2*time.Minute, 3)
 	})
@@ -394,6 +396,18 @@ func TestStaleDCS(t *testing.T) {
 		t.Fatalf("system identifier unchanged (%s): not a new cluster", newID)
 	}
 	t.Logf("MEASURE stale DCS recovery (PGNODE_REMOVE_STALE_DCS=true, grace 10s): healthy %.1fs after recreate", time.Since(t0).Seconds())
+}
+
+// logGap logs the writer's errors on node when a write gap was long (diagnostics only).
+func logGap(t *testing.T, w *Writer, node string, window time.Duration) {
+	if window < 3*time.Second {
+		return
+	}
+	errs := w.Errors(node)
+	if len(errs) > 20 {
+		errs = append(errs[:10], errs[len(errs)-10:]...)
+	}
+	t.Logf("writer errors on %s:\n%s", node, strings.Join(errs, "\n"))
 }
 
 // checkNoLoss fails the test for every acknowledged commit missing on node.

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +36,7 @@ type Writer struct {
 	mu     sync.Mutex
 	acks   []Ack
 	errors map[string]int
+	errLog []string
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
 }
@@ -75,7 +77,9 @@ func (w *Writer) loop(ctx context.Context, node, dsn string) {
 			_ = conn.Close(context.Background())
 		}
 	}()
-	var seq int64
+	// Sequence numbers start at the writer's start time in microseconds, so writers that
+	// run one after the other on the same table never collide.
+	seq := time.Now().UnixMicro()
 	tick := time.NewTicker(w.Interval)
 	defer tick.Stop()
 	for {
@@ -89,7 +93,7 @@ func (w *Writer) loop(ctx context.Context, node, dsn string) {
 			c, err := pgx.Connect(cctx, dsn)
 			cancel()
 			if err != nil {
-				w.fail(node)
+				w.fail(node, err)
 				continue
 			}
 			conn = c
@@ -104,7 +108,7 @@ func (w *Writer) loop(ctx context.Context, node, dsn string) {
 			w.mu.Unlock()
 			continue
 		}
-		w.fail(node)
+		w.fail(node, err)
 		// A server-side error (read-only replica, shutting down) keeps the session when it is
 		// still usable; anything else (timeout, reset) reconnects.
 		var pgErr *pgconn.PgError
@@ -115,10 +119,27 @@ func (w *Writer) loop(ctx context.Context, node, dsn string) {
 	}
 }
 
-func (w *Writer) fail(node string) {
+func (w *Writer) fail(node string, err error) {
 	w.mu.Lock()
 	w.errors[node]++
+	if len(w.errLog) < 2000 {
+		w.errLog = append(w.errLog, fmt.Sprintf("%s %s: %v", time.Now().Format("15:04:05.000"), node, err))
+	}
 	w.mu.Unlock()
+}
+
+// Errors returns the failed attempts (time, node, error; the first 2000), for diagnosing a
+// write gap.
+func (w *Writer) Errors(node string) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []string
+	for _, e := range w.errLog {
+		if node == "" || strings.HasPrefix(e[13:], node+":") {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // Acks returns a copy of the acknowledged commits in time order.
