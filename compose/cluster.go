@@ -92,12 +92,13 @@ type Ports struct {
 	ConsulSerfLAN int `yaml:"consul_serf_lan,omitempty"` // 8301
 	ConsulSerfWAN int `yaml:"consul_serf_wan,omitempty"` // 8302
 	ConsulServer  int `yaml:"consul_server,omitempty"`   // 8300
-	BackupMetrics int `yaml:"backup_metrics,omitempty"`  // 9188, the agent's backup metrics (POSTGRES_BACKUP_METRICS_ADDR)
+	Metrics       int `yaml:"metrics,omitempty"`         // 9187, the agent's metrics incl. backups (PGNODE_METRICS_PORT)
+	Alive         int `yaml:"alive,omitempty"`           // 8010, the agent's fast-failover alive port (PGNODE_ALIVE_PORT)
 }
 
 // DefaultPorts are the well-known ports.
 var DefaultPorts = Ports{Postgres: 5432, PatroniAPI: 8008, ConsulHTTP: 8500, ConsulDNS: 8600,
-	ConsulSerfLAN: 8301, ConsulSerfWAN: 8302, ConsulServer: 8300, BackupMetrics: 9188}
+	ConsulSerfLAN: 8301, ConsulSerfWAN: 8302, ConsulServer: 8300, Metrics: 9187, Alive: 8010}
 
 func (p Ports) over(base Ports) Ports {
 	pick := func(a, b int) int {
@@ -109,7 +110,7 @@ func (p Ports) over(base Ports) Ports {
 	return Ports{pick(p.Postgres, base.Postgres), pick(p.PatroniAPI, base.PatroniAPI),
 		pick(p.ConsulHTTP, base.ConsulHTTP), pick(p.ConsulDNS, base.ConsulDNS),
 		pick(p.ConsulSerfLAN, base.ConsulSerfLAN), pick(p.ConsulSerfWAN, base.ConsulSerfWAN),
-		pick(p.ConsulServer, base.ConsulServer), pick(p.BackupMetrics, base.BackupMetrics)}
+		pick(p.ConsulServer, base.ConsulServer), pick(p.Metrics, base.Metrics), pick(p.Alive, base.Alive)}
 }
 
 func (p Ports) list() []struct {
@@ -122,7 +123,7 @@ func (p Ports) list() []struct {
 	}{{"postgres", p.Postgres}, {"patroni_api", p.PatroniAPI}, {"consul_http", p.ConsulHTTP},
 		{"consul_dns", p.ConsulDNS}, {"consul_serf_lan", p.ConsulSerfLAN},
 		{"consul_serf_wan", p.ConsulSerfWAN}, {"consul_server", p.ConsulServer},
-		{"backup_metrics", p.BackupMetrics}}
+		{"metrics", p.Metrics}, {"alive", p.Alive}}
 }
 
 // Secrets are the cluster's shared secrets.
@@ -404,7 +405,7 @@ func (c *Cluster) Validate() error {
 			if p.port < 1 || p.port > 65535 {
 				return fieldErr(f+".ports."+p.field, "%d is not a port (1-65535)", p.port)
 			}
-			if !n.Patroni && (p.field == "postgres" || p.field == "patroni_api" || p.field == "backup_metrics") {
+			if !n.Patroni && (p.field == "postgres" || p.field == "patroni_api" || p.field == "metrics" || p.field == "alive") {
 				continue
 			}
 			key := fmt.Sprintf("%s:%d", n.LANHost, p.port)

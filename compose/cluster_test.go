@@ -43,7 +43,7 @@ func TestValidate(t *testing.T) {
 			c.Nodes[2].LANHost = "10.0.0.1"
 			c.Nodes[2].SSHHost = "192.0.2.1"
 			c.Nodes[2].Deploy = Deploy{Dir: "/opt/pg3", Project: "pg3"}
-			c.Nodes[2].Ports = Ports{Postgres: 6432, PatroniAPI: 9008, ConsulHTTP: 9500, ConsulDNS: 9600, ConsulSerfLAN: 9301, ConsulSerfWAN: 9302, ConsulServer: 9300, BackupMetrics: 9388}
+			c.Nodes[2].Ports = Ports{Postgres: 6432, PatroniAPI: 9008, ConsulHTTP: 9500, ConsulDNS: 9600, ConsulSerfLAN: 9301, ConsulSerfWAN: 9302, ConsulServer: 9300, Metrics: 9387, Alive: 9010}
 		}, ""},
 		{"same host same dir", func(c *Cluster) {
 			c.Nodes[2].SSHHost = "192.0.2.1"

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -339,19 +340,28 @@ func uploadBundle(ctx context.Context, rm *Remote, dir string, b *Bundle) error 
 }
 
 func containerState(ctx context.Context, rm *Remote, r Resolved, service string) (string, error) {
-	out, err := rm.Run(ctx, composeCmd(r, "ps -q "+service), nil)
+	st, _, err := containerStateRestarts(ctx, rm, r, service)
+	return st, err
+}
+
+// containerStateRestarts returns "status health" (e.g. "running healthy", or "absent") and
+// the container's restart count.
+func containerStateRestarts(ctx context.Context, rm *Remote, r Resolved, service string) (string, int, error) {
+	out, err := rm.Run(ctx, composeCmd(r, "ps -a -q "+service), nil)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	id := strings.TrimSpace(string(out))
 	if id == "" {
-		return "absent", nil
+		return "absent", 0, nil
 	}
-	out, err = rm.Run(ctx, "docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "+shQuote(id), nil)
+	out, err = rm.Run(ctx, "docker inspect -f '{{.RestartCount}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "+shQuote(id), nil)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
-	return strings.TrimSpace(string(out)), nil
+	cnt, st, _ := strings.Cut(strings.TrimSpace(string(out)), " ")
+	n, _ := strconv.Atoi(cnt)
+	return strings.TrimSpace(st), n, nil
 }
 
 func servicesRunning(ctx context.Context, rm *Remote, r Resolved, services []string) (bool, error) {
@@ -370,12 +380,21 @@ func servicesRunning(ctx context.Context, rm *Remote, r Resolved, services []str
 func waitHealthy(ctx context.Context, rm *Remote, r Resolved, service string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	last := ""
+	firstRestarts := -1
 	for {
-		st, err := containerState(ctx, rm, r, service)
+		st, restarts, err := containerStateRestarts(ctx, rm, r, service)
 		if err == nil {
 			last = st
 			if st == "running healthy" || st == "running" {
 				return nil
+			}
+			if firstRestarts < 0 {
+				firstRestarts = restarts
+			}
+			// A container that keeps restarting will not get healthy by waiting longer.
+			if restarts-firstRestarts >= 3 || st == "exited" || st == "dead" {
+				logs, _ := rm.Run(ctx, composeCmd(r, "logs --no-color --tail 15 "+service), nil)
+				return fmt.Errorf("node %s: %s is %s (restarted %d times); last log lines:\n%s", r.Name, service, st, restarts, strings.TrimSpace(string(logs)))
 			}
 		} else {
 			last = err.Error()

@@ -129,7 +129,7 @@ func localCluster(t *testing.T, sshd *testenv.SSHD, ports *testenv.Ports, n int,
 			Deploy: Deploy{Dir: filepath.Join(base, node), Project: id + "-" + node, Volume: id + "-" + node + "-data"},
 			Ports: Ports{Postgres: ports.Next(t), PatroniAPI: ports.Next(t), ConsulHTTP: ports.Next(t),
 				ConsulDNS: ports.Next(t), ConsulSerfLAN: ports.Next(t), ConsulSerfWAN: ports.Next(t),
-				ConsulServer: ports.Next(t), BackupMetrics: ports.Next(t)},
+				ConsulServer: ports.Next(t), Metrics: ports.Next(t), Alive: ports.Next(t)},
 		})
 	}
 	c.ApplyDefaults()
@@ -177,7 +177,7 @@ func ship(t *testing.T, c *Cluster, o ShipOptions) (string, error) {
 	if o.WaitTimeout == 0 {
 		o.WaitTimeout = 3 * time.Minute
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	err := Ship(ctx, c, o)
 	t.Logf("ship output:\n%s", out.String())
@@ -376,4 +376,63 @@ func TestShipSSH(t *testing.T) {
 			t.Fatalf("hosts:\n%s\noutput:\n%s", b, out.String())
 		}
 	})
+}
+
+// TestShipE2E ships a 3-node cluster of the real pgnode image (tag pgnode:pg17, built by
+// ci/setup-images.sh) with real Consul servers through the real sshd, waits for every node
+// to be healthy, and checks that `pgdeploy status` shows one leader and two replicas.
+// Without the image it prints one SKIP line, or fails when PGNODE_E2E_REQUIRE_IMAGE=1.
+func TestShipE2E(t *testing.T) {
+	testenv.RequireBinary(t, "docker")
+	const image = "pgnode:pg17"
+	if !imageExists(image) {
+		if os.Getenv("PGNODE_E2E_REQUIRE_IMAGE") == "1" {
+			t.Fatalf("image %s is missing and PGNODE_E2E_REQUIRE_IMAGE=1 (build it with ci/setup-images.sh)", image)
+		}
+		t.Skipf("SKIP: image %s not built (ci/setup-images.sh); set PGNODE_E2E_REQUIRE_IMAGE=1 to require it", image)
+	}
+	ports := testenv.NewPorts(23500)
+	sshd := testenv.StartSSHD(t, ports)
+	ensureConsulImage(t)
+	c := localCluster(t, sshd, ports, 3, image)
+	o := ShipOptions{SSH: sshOpts(sshd), WaitTimeout: 10 * time.Minute}
+	if _, err := ship(t, c, o); err != nil {
+		for i := range c.Nodes {
+			out, _ := exec.Command("docker", "compose", "-p", c.Resolve(i).Project, "logs", "--tail", "40").CombinedOutput()
+			t.Logf("%s logs:\n%s", c.Nodes[i].Name, out)
+		}
+		t.Fatal(err)
+	}
+	var rows []NodeStatus
+	testenv.WaitFor(t, 3*time.Minute, "one leader and two streaming replicas", func() error {
+		var err error
+		_, rows, err = Status(context.Background(), c, StatusOptions{SSH: sshOpts(sshd)})
+		if err != nil {
+			return err
+		}
+		leaders, replicas := 0, 0
+		for _, r := range rows {
+			switch {
+			case r.Role == "Leader" && r.State == "running":
+				leaders++
+			case r.Role == "Replica" && (r.State == "streaming" || r.State == "running"):
+				replicas++
+			}
+		}
+		if leaders != 1 || replicas != 2 {
+			return fmt.Errorf("%d leaders, %d replicas: %+v", leaders, replicas, rows)
+		}
+		return nil
+	})
+	var buf bytes.Buffer
+	PrintStatus(&buf, "Cluster: "+c.Scope, rows)
+	t.Logf("status:\n%s", buf.String())
+	// A second ship changes nothing on the running cluster.
+	before := containerFacts(t, c)
+	if _, err := ship(t, c, o); err != nil {
+		t.Fatal(err)
+	}
+	if after := containerFacts(t, c); after != before {
+		t.Fatalf("second ship changed containers:\n%s\n---\n%s", before, after)
+	}
 }

@@ -64,8 +64,8 @@ func fetchJSON(ctx context.Context, dial dialFunc, addr, path string, v any) err
 	return nil
 }
 
-// lastBackup reads pgnode_backup_last_success_timestamp_seconds from the agent's backup
-// metrics (package backup, POSTGRES_BACKUP_METRICS_ADDR): "n/a" when not served.
+// lastBackup reads pgnode_backup_last_success_timestamp_seconds from the agent's metrics
+// endpoint (PGNODE_METRICS_PORT, package backup's metrics): "n/a" when not served.
 func lastBackup(ctx context.Context, dial dialFunc, addr string) string {
 	tr := &http.Transport{DialContext: func(ctx context.Context, _, a string) (net.Conn, error) {
 		if dial == nil {
@@ -152,7 +152,7 @@ func Status(ctx context.Context, c *Cluster, o StatusOptions) (scopeLine string,
 			defer rm.Close()
 			dial = rm.DialTCP
 		}
-		backups[n.Name] = lastBackup(ctx, dial, net.JoinHostPort(r.LANHost, strconv.Itoa(r.Ports.BackupMetrics)))
+		backups[n.Name] = lastBackup(ctx, dial, net.JoinHostPort(r.LANHost, strconv.Itoa(r.Ports.Metrics)))
 		if cl != nil {
 			continue
 		}
