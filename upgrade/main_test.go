@@ -92,10 +92,13 @@ func runHelper(raw string) int {
 	return 0
 }
 
-// killEverything SIGKILLs this process's children (pg_upgrade, pg_ctl…), every postmaster
-// running on the volume, and this process.
+// killEverything SIGKILLs this process first (so none of its code runs after the "crash"),
+// then its children (pg_upgrade, pg_ctl… in their own process groups) and every postmaster
+// running on the volume, as a container's death does. A shell does the killing.
 func killEverything(n Node) {
 	self := os.Getpid()
+	targets := []string{}
+	parent := map[int]int{}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -109,21 +112,29 @@ func killEverything(n Node) {
 		s := string(b)
 		fields := strings.Fields(s[strings.LastIndex(s, ")")+1:])
 		if len(fields) > 2 {
-			if ppid, _ := strconv.Atoi(fields[1]); ppid == self {
-				_ = syscall.Kill(-pid, syscall.SIGKILL)
-				_ = syscall.Kill(pid, syscall.SIGKILL)
+			parent[pid], _ = strconv.Atoi(fields[1])
+		}
+	}
+	for pid := range parent {
+		for p := parent[pid]; p > 1; p = parent[p] {
+			if p == self {
+				targets = append(targets, strconv.Itoa(pid))
+				break
 			}
 		}
 	}
-	dirs, _ := filepath.Glob(filepath.Join(n.root(), "*"))
-	for _, d := range dirs {
-		if b, err := os.ReadFile(filepath.Join(d, "postmaster.pid")); err == nil {
+	dirs, _ := filepath.Glob(filepath.Join(n.root(), "*", "postmaster.pid"))
+	for _, f := range dirs {
+		if b, err := os.ReadFile(f); err == nil {
 			if pid, err := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0]); err == nil && pid > 1 {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
+				targets = append(targets, strconv.Itoa(pid))
 			}
 		}
 	}
-	_ = syscall.Kill(self, syscall.SIGKILL)
+	script := fmt.Sprintf("kill -9 %d; for p in %s; do kill -9 $p 2>/dev/null; done; true", self, strings.Join(targets, " "))
+	cmd := exec.Command("/bin/sh", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	_ = cmd.Start()
 	select {}
 }
 
