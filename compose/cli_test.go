@@ -33,7 +33,7 @@ func TestCLI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"not imported: group_vars/all.yml:27: key consul_version", "generated: secrets.restapi_password"} {
+	for _, s := range []string{"not imported: testdata/playbook/group_vars/all.yml:27: key consul_version", "generated: secrets.restapi_password"} {
 		if !strings.Contains(stderr, s) {
 			t.Errorf("import stderr lacks %q:\n%s", s, stderr)
 		}

@@ -186,15 +186,20 @@ func ship(t *testing.T, c *Cluster, o ShipOptions) (string, error) {
 
 // TestShipSSH ships to a real sshd (Debian's openssh-server) on loopback, with the real
 // docker compose of this machine as the "remote" one and a real Consul (3 servers) in the
-// bundles. The DB service runs the stand-in image (see testdata/standin) unless the real
-// pgnode image exists; TestShipE2E covers the real image.
+// bundles. The DB service runs the real pgnode image when it exists, else the stand-in of
+// testdata/standin; TestShipE2E additionally checks the Patroni cluster and status.
 func TestShipSSH(t *testing.T) {
 	testenv.RequireBinary(t, "docker")
 	ports := testenv.NewPorts(23000)
 	sshd := testenv.StartSSHD(t, ports)
 	ensureConsulImage(t)
-	ensureStandinImage(t)
-	c := localCluster(t, sshd, ports, 3, testStandinImage)
+	image := "pgnode:pg17"
+	if !imageExists(image) {
+		t.Logf("the real image %s is absent: the DB service runs the stand-in %s", image, testStandinImage)
+		ensureStandinImage(t)
+		image = testStandinImage
+	}
+	c := localCluster(t, sshd, ports, 3, image)
 	o := ShipOptions{SSH: sshOpts(sshd)}
 	noDirs := func(t *testing.T) {
 		t.Helper()
