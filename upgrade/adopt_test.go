@@ -32,7 +32,7 @@ type patroniMember struct {
 
 // startPatroni runs `patroni <config>` with a minimal configuration on loopback; the
 // entrypoint's renderer does the same in the image.
-func startPatroni(t *testing.T, consul *testenv.Consul, scope, name, dataDir string) *patroniMember {
+func startPatroni(t *testing.T, consul *testenv.Consul, scope, name, dataDir string, major int) *patroniMember {
 	t.Helper()
 	bin := testenv.RequireBinary(t, "patroni", "/usr/bin/patroni")
 	uid, gid := testenv.PostgresUser(t)
@@ -42,19 +42,23 @@ func startPatroni(t *testing.T, consul *testenv.Consul, scope, name, dataDir str
 		"scope": scope, "name": name, "namespace": "/service/",
 		"restapi": map[string]any{"listen": fmt.Sprintf("127.0.0.1:%d", m.api), "connect_address": fmt.Sprintf("127.0.0.1:%d", m.api)},
 		"consul":  map[string]any{"host": consul.Addr, "register_service": false},
-		"bootstrap": map[string]any{"dcs": map[string]any{
-			"ttl": 30, "loop_wait": 2, "retry_timeout": 10,
-			"postgresql": map[string]any{"use_pg_rewind": true, "parameters": map[string]any{"wal_level": "replica", "hot_standby": "on", "max_wal_senders": 5}},
-		}},
+		"bootstrap": map[string]any{
+			"initdb": []any{"data-checksums", map[string]any{"encoding": "UTF8"}, map[string]any{"locale": "C.UTF-8"}},
+			"dcs": map[string]any{
+				"ttl": 30, "loop_wait": 2, "retry_timeout": 10,
+				"postgresql": map[string]any{"use_pg_rewind": true, "parameters": map[string]any{"wal_level": "replica", "hot_standby": "on", "max_wal_senders": 5}},
+			}},
 		"postgresql": map[string]any{
 			"listen": fmt.Sprintf("127.0.0.1:%d", m.pgPort), "connect_address": fmt.Sprintf("127.0.0.1:%d", m.pgPort),
-			"data_dir": dataDir, "bin_dir": testenv.PGBinDir(t, newMajor), "pgpass": filepath.Join(work, "pgpass"),
+			"use_unix_socket": true,
+			"basebackup":      []any{map[string]any{"checkpoint": "fast"}},
+			"data_dir":        dataDir, "bin_dir": testenv.PGBinDir(t, major), "pgpass": filepath.Join(work, "pgpass"),
 			"authentication": map[string]any{
 				"superuser":   map[string]any{"username": "postgres", "password": "super-secret"},
 				"replication": map[string]any{"username": "replicator", "password": "repl-secret"},
 				"rewind":      map[string]any{"username": "rewind_user", "password": "rewind-secret"},
 			},
-			"pg_hba":     []string{"local all all trust", "host all all 127.0.0.1/32 scram-sha-256", "host replication replicator 127.0.0.1/32 scram-sha-256"},
+			"pg_hba":     []string{"local all all trust", "host all all 127.0.0.1/32 md5", "host replication replicator 127.0.0.1/32 md5"},
 			"parameters": map[string]any{"unix_socket_directories": work},
 		},
 	}
@@ -81,16 +85,24 @@ func startPatroni(t *testing.T, consul *testenv.Consul, scope, name, dataDir str
 	}
 	m.done = make(chan struct{})
 	go func() { _ = m.cmd.Wait(); _ = logf.Close(); close(m.done) }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-m.done:
-		case <-time.After(60 * time.Second):
-			_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
-			<-m.done
-		}
-	})
+	t.Cleanup(m.stop)
 	return m
+}
+
+// stop stops Patroni gracefully (it stops PostgreSQL and releases its leader key).
+func (m *patroniMember) stop() {
+	select {
+	case <-m.done:
+		return
+	default:
+	}
+	_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-m.done:
+	case <-time.After(60 * time.Second):
+		_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
+		<-m.done
+	}
 }
 
 func (m *patroniMember) waitRole(t *testing.T, role string) {
@@ -98,7 +110,7 @@ func (m *patroniMember) waitRole(t *testing.T, role string) {
 	testenv.WaitFor(t, 120*time.Second, m.name+" to be "+role, func() error {
 		select {
 		case <-m.done:
-			t.Fatalf("patroni %s exited:\n%s", m.name, testenv.TailFile(m.log, 30))
+			t.Fatalf("patroni %s exited:\n%s", m.name, testenv.TailFile(m.log, 120))
 		default:
 		}
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/%s", m.api, role))
@@ -111,6 +123,10 @@ func (m *patroniMember) waitRole(t *testing.T, role string) {
 		}
 		return nil
 	})
+}
+
+func (m *patroniMember) conn(ctx context.Context, t *testing.T) (*pgx.Conn, error) {
+	return pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:super-secret@127.0.0.1:%d/postgres?sslmode=disable", m.pgPort))
 }
 
 func (m *patroniMember) sql(t *testing.T, user, password, q string) string {
@@ -163,7 +179,7 @@ func TestAdoptSingleServer(t *testing.T) {
 		t.Fatal("the operator's postgresql.conf was not kept")
 	}
 
-	leader := startPatroni(t, consul, n.Scope, "n1", data)
+	leader := startPatroni(t, consul, n.Scope, "n1", data, newMajor)
 	leader.waitRole(t, "primary")
 	if got := leader.sql(t, "postgres", "super-secret", "SELECT count(*) || '/' || md5(string_agg(note, ',' ORDER BY id)) FROM orders"); got != want {
 		t.Fatalf("rows under Patroni: %s, want %s", got, want)
@@ -188,7 +204,7 @@ func TestAdoptSingleServer(t *testing.T) {
 	// A replica joins: Patroni clones it with pg_basebackup as replicator (password set by
 	// the adoption) and it streams.
 	rroot := testenv.PostgresTempDir(t)
-	replica := startPatroni(t, consul, n.Scope, "n2", filepath.Join(rroot, "data"))
+	replica := startPatroni(t, consul, n.Scope, "n2", filepath.Join(rroot, "data"), newMajor)
 	replica.waitRole(t, "replica")
 	leader.sql(t, "postgres", "super-secret", "INSERT INTO orders VALUES (3001, 'after adoption') RETURNING id::text")
 	testenv.WaitFor(t, 60*time.Second, "the row to reach the replica", func() error {

@@ -21,7 +21,15 @@ type dcsView struct {
 	Timeline int64
 	// Upgrader is the member holding pgnode's upgrade lock (service/<scope>/pgnode-upgrade).
 	Upgrader string
+	// UpgradedFrom is the system identifier the scope had before its last major upgrade
+	// (service/<scope>/pgnode-upgraded, written with the reset); copies of that system are
+	// stale.
+	UpgradedFrom string
+	UpgradedBy   string
 }
+
+// upgradedKey records, after the scope reset, which system the cluster was upgraded from.
+const upgradedKey = "pgnode-upgraded"
 
 // upgradeLockKey is written (create-only) by the member that upgrades the cluster's data,
 // so that two members with primary copies never upgrade independently.
@@ -73,8 +81,9 @@ func (n *Node) readDCS(ctx context.Context) (dcsView, error) {
 		return d, err
 	}
 	q := (&api.QueryOptions{}).WithContext(ctx)
-	var history string
-	for key, dst := range map[string]*string{"initialize": &d.Initialize, "leader": &d.Leader, "history": &history, upgradeLockKey: &d.Upgrader} {
+	var history, upgraded string
+	for key, dst := range map[string]*string{"initialize": &d.Initialize, "leader": &d.Leader, "history": &history,
+		upgradeLockKey: &d.Upgrader, upgradedKey: &upgraded} {
 		kv, _, err := c.KV().Get(n.prefix()+key, q)
 		if err != nil {
 			return d, fmt.Errorf("while reading %s%s from Consul at %s: %w", n.prefix(), key, n.ConsulAddr, err)
@@ -84,6 +93,9 @@ func (n *Node) readDCS(ctx context.Context) (dcsView, error) {
 		}
 	}
 	d.Timeline = parseHistory([]byte(history))
+	if f := strings.Fields(upgraded); len(f) == 3 {
+		d.UpgradedFrom, d.UpgradedBy = f[0], f[2]
+	}
 	if name, _, ok := strings.Cut(d.Upgrader, " "); ok {
 		d.Upgrader = name
 	}
@@ -125,7 +137,7 @@ func (n *Node) takeUpgradeLock(ctx context.Context) (string, error) {
 // resetDCS deletes the scope's keys so Patroni starts the upgraded cluster (a new system
 // identifier) instead of waiting for the old one. It refuses while a leader is registered
 // by another member.
-func (n *Node) resetDCS(ctx context.Context, newSysID string) (bool, error) {
+func (n *Node) resetDCS(ctx context.Context, oldSysID, newSysID string) (bool, error) {
 	d, err := n.readDCS(ctx)
 	if err != nil || !d.Configured {
 		return false, err
@@ -145,6 +157,12 @@ func (n *Node) resetDCS(ctx context.Context, newSysID string) (bool, error) {
 	if _, err := c.KV().DeleteTree(n.prefix(), (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		return false, fmt.Errorf("while deleting %s in Consul: %w", n.prefix(), err)
 	}
+	// Tell the other members that copies of the old system are stale (Patroni ignores
+	// keys it does not know).
+	val := fmt.Sprintf("%s %s %s", oldSysID, newSysID, n.Name)
+	if _, err := c.KV().Put(&api.KVPair{Key: n.prefix() + upgradedKey, Value: []byte(val)}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return true, fmt.Errorf("while writing %s%s in Consul: %w", n.prefix(), upgradedKey, err)
+	}
 	return true, nil
 }
 
@@ -162,11 +180,29 @@ const (
 // own. Only Patroni-managed or standby copies are ever renamed aside; a plain single
 // server pointed at a scope that already has another cluster is refused.
 func decideCluster(v Volume, d dcsView, me, scope string, imageMajor int) (clusterAction, string) {
-	if !d.Configured || d.Initialize == "" {
+	if !d.Configured {
 		return actProceed, ""
 	}
 	sysid := v.Control.SystemID
 	replicaCopy := v.Patroni || v.Standby
+	if d.UpgradedFrom != "" && d.UpgradedFrom == sysid && d.Initialize != sysid {
+		// This is a copy of the system the cluster was upgraded from.
+		if !replicaCopy {
+			return actRefuse, fmt.Sprintf("the volume holds system %s, which member %q already upgraded (Consul key %s); "+
+				"this copy is stale: move it away or use another PATRONI_SCOPE", sysid, d.UpgradedBy, upgradedKey)
+		}
+		if d.Leader != "" && d.Leader != me {
+			return actRenameAside, fmt.Sprintf("member %q upgraded system %s and %q leads the new system %s; this volume holds the old system (PostgreSQL %d): a stale copy to be re-cloned",
+				d.UpgradedBy, sysid, d.Leader, d.Initialize, v.Major)
+		}
+		return actWait, fmt.Sprintf("member %q upgraded this cluster; waiting for the new system's leader to re-clone from it", d.UpgradedBy)
+	}
+	if d.Initialize == "" {
+		if v.Standby && v.Major < imageMajor {
+			return actWait, fmt.Sprintf("this volume is a standby of PostgreSQL %d and Consul scope %q is empty: waiting for a leader to re-clone from", v.Major, scope)
+		}
+		return actProceed, ""
+	}
 	if d.Initialize != sysid {
 		if !replicaCopy {
 			return actRefuse, fmt.Sprintf("the volume holds a single server (system identifier %s) but Consul scope %q already belongs to cluster %s; "+

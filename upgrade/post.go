@@ -40,7 +40,7 @@ func (u *upgrader) afterUpgrade(ctx context.Context) error {
 		return err
 	}
 	u.status("reset DCS")
-	if _, err := n.resetDCS(ctx, cd.SystemID); err != nil {
+	if _, err := n.resetDCS(ctx, u.m.OldSysID, cd.SystemID); err != nil {
 		return err
 	}
 	hook("dcs-reset")

@@ -108,8 +108,12 @@ func TestUpgradePostGIS(t *testing.T) {
 				t.Fatalf("outcome: %+v", out)
 			}
 			keys, _, err := cli.KV().Keys(n.prefix(), "", nil)
-			if err != nil || len(keys) != 0 {
-				t.Fatalf("Consul keys of the scope after the upgrade: %v %v (want none)", keys, err)
+			if err != nil || len(keys) != 1 || keys[0] != n.prefix()+upgradedKey {
+				t.Fatalf("Consul keys of the scope after the upgrade: %v %v (want only %s)", keys, err, upgradedKey)
+			}
+			kv, _, _ := cli.KV().Get(n.prefix()+upgradedKey, nil)
+			if kv == nil || string(kv.Value) != fixture.sysid+" "+out.SystemID+" n1" {
+				t.Fatalf("%s = %v", upgradedKey, kv)
 			}
 			st, err := ReadStatus(n.StatusFile)
 			if err != nil || st.Phase != PhasePrepared {
