@@ -258,7 +258,7 @@ func TestShipSSH(t *testing.T) {
 		bad.Nodes = append([]Node(nil), c.Nodes...)
 		bad.Nodes[2].SSHPort = ln.Addr().(*net.TCPAddr).Port
 		_, err = ship(t, &bad, o)
-		if err == nil || !strings.Contains(err.Error(), "node pg3") || !strings.Contains(err.Error(), "nothing was changed") {
+		if err == nil || !strings.Contains(err.Error(), "node pg3") || !strings.Contains(err.Error(), "no SSH handshake within 3s") || !strings.Contains(err.Error(), "nothing was changed") {
 			t.Fatalf("error = %v", err)
 		}
 		noDirs(t)
@@ -362,6 +362,32 @@ func TestShipSSH(t *testing.T) {
 			} else if !strings.Contains(after, line) {
 				t.Errorf("container changed: %s", line)
 			}
+		}
+	})
+	t.Run("keys from ssh-agent", func(t *testing.T) {
+		agentBin := testenv.RequireBinary(t, "ssh-agent")
+		sock := filepath.Join(t.TempDir(), "agent.sock")
+		ag := exec.Command(agentBin, "-D", "-a", sock)
+		if err := ag.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = ag.Process.Kill(); _ = ag.Wait() }()
+		testenv.WaitFor(t, 10*time.Second, "ssh-agent socket", func() error { _, err := os.Stat(sock); return err })
+		add := exec.Command(testenv.RequireBinary(t, "ssh-add"), sshd.IdentityFile)
+		add.Env = []string{"SSH_AUTH_SOCK=" + sock}
+		if out, err := add.CombinedOutput(); err != nil {
+			t.Fatalf("ssh-add: %v: %s", err, out)
+		}
+		t.Setenv("SSH_AUTH_SOCK", sock)
+		oo := o
+		oo.SSH.IdentityFile = ""
+		oo.DryRun = true
+		out, err := ship(t, c, oo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Count(out, ": unchanged") != 3 {
+			t.Fatalf("dry run after ship:\n%s", out)
 		}
 	})
 	t.Run("hosts over SSH", func(t *testing.T) {

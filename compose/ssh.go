@@ -152,6 +152,10 @@ func Dial(ctx context.Context, r Resolved, o SSHOptions) (*Remote, error) {
 		if errors.As(err, &he) {
 			return nil, fmt.Errorf("node %s: %w", r.Name, he)
 		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil, fmt.Errorf("node %s: %s accepted TCP but gave no SSH handshake within %s", r.Name, addr, o.ConnectTimeout)
+		}
 		return nil, fmt.Errorf("node %s: SSH to %s@%s failed: %w", r.Name, r.SSHUser, addr, err)
 	}
 	_ = conn.SetDeadline(time.Time{})
