@@ -16,13 +16,9 @@ import (
 	"pgnode/ci/testenv"
 )
 
-// Images the ship tests build from local files with `docker import` (no registry here):
-// a real Consul (the host's static consul binary) and, while the real pgnode image is
-// absent, the stand-in of testdata/standin.
-const (
-	testConsulImage  = "compose-test-consul:local"
-	testStandinImage = "compose-test-standin:1"
-)
+// testConsulImage is built from the host's real Consul binary with `docker import` (no
+// registry here).
+const testConsulImage = "compose-test-consul:local"
 
 func dockerOut(t *testing.T, args ...string) string {
 	t.Helper()
@@ -95,21 +91,6 @@ func ensureConsulImage(t *testing.T) {
 	}
 	importImage(t, testConsulImage, files,
 		[]string{"tmp", "consul", "consul/data", "consul/config"}, `ENTRYPOINT ["consul"]`)
-}
-
-func ensureStandinImage(t *testing.T) {
-	t.Helper()
-	if imageExists(testStandinImage) {
-		return
-	}
-	bin := filepath.Join(t.TempDir(), "pgnode")
-	cmd := exec.Command("go", "build", "-o", bin, "./testdata/standin")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the stand-in: %v: %s", err, out)
-	}
-	importImage(t, testStandinImage, map[string]string{"usr/local/bin/pgnode": bin}, []string{"tmp"},
-		`ENTRYPOINT ["/usr/local/bin/pgnode"]`, `CMD ["run"]`)
 }
 
 // localCluster is a cluster of n DB nodes (all Consul servers) on this machine: every node
@@ -186,8 +167,8 @@ func ship(t *testing.T, c *Cluster, o ShipOptions) (string, error) {
 
 // TestShipSSH ships to a real sshd (Debian's openssh-server) on loopback, with the real
 // docker compose of this machine as the "remote" one and a real Consul (3 servers) in the
-// bundles. The DB service runs the real pgnode image when it exists, else the stand-in of
-// testdata/standin; TestShipE2E additionally checks the Patroni cluster and status.
+// bundles. The DB service runs the real pgnode image (built by ci/setup-images.sh);
+// TestShipE2E additionally checks the Patroni cluster and status.
 func TestShipSSH(t *testing.T) {
 	testenv.RequireBinary(t, "docker")
 	ports := testenv.NewPorts(23000)
@@ -195,9 +176,7 @@ func TestShipSSH(t *testing.T) {
 	ensureConsulImage(t)
 	image := "pgnode:pg17"
 	if !imageExists(image) {
-		t.Logf("the real image %s is absent: the DB service runs the stand-in %s", image, testStandinImage)
-		ensureStandinImage(t)
-		image = testStandinImage
+		t.Fatalf("the image %s is missing: run ci/setup-images.sh (ci/test.sh does)", image)
 	}
 	c := localCluster(t, sshd, ports, 3, image)
 	o := ShipOptions{SSH: sshOpts(sshd)}
