@@ -32,7 +32,7 @@ type patroniMember struct {
 
 // startPatroni runs `patroni <config>` with a minimal configuration on loopback; the
 // entrypoint's renderer does the same in the image.
-func startPatroni(t *testing.T, consul *testenv.Consul, scope, name, dataDir string, major int) *patroniMember {
+func startPatroni(t testing.TB, consul *testenv.Consul, scope, name, dataDir string, major int) *patroniMember {
 	t.Helper()
 	bin := testenv.RequireBinary(t, "patroni", "/usr/bin/patroni")
 	uid, gid := testenv.PostgresUser(t)
@@ -105,7 +105,7 @@ func (m *patroniMember) stop() {
 	}
 }
 
-func (m *patroniMember) waitRole(t *testing.T, role string) {
+func (m *patroniMember) waitRole(t testing.TB, role string) {
 	t.Helper()
 	testenv.WaitFor(t, 120*time.Second, m.name+" to be "+role, func() error {
 		select {
@@ -125,11 +125,11 @@ func (m *patroniMember) waitRole(t *testing.T, role string) {
 	})
 }
 
-func (m *patroniMember) conn(ctx context.Context, t *testing.T) (*pgx.Conn, error) {
+func (m *patroniMember) conn(ctx context.Context, t testing.TB) (*pgx.Conn, error) {
 	return pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:super-secret@127.0.0.1:%d/postgres?sslmode=disable", m.pgPort))
 }
 
-func (m *patroniMember) sql(t *testing.T, user, password, q string) string {
+func (m *patroniMember) sql(t testing.TB, user, password, q string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -220,7 +220,7 @@ func oldVolume(t *testing.T, under string) (root string) {
 	return root
 }
 
-func testNode(t *testing.T, root string) Node {
+func testNode(t testing.TB, root string) Node {
 	uid, gid := testenv.PostgresUser(t)
 	return Node{
 		DataDir: filepath.Join(root, "data"), Major: newMajor, UID: uid, GID: gid, Name: "n1",

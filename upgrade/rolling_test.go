@@ -3,7 +3,9 @@ package upgrade
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -11,20 +13,24 @@ import (
 	"pgnode/ci/testenv"
 )
 
-// TestRollingUpgrade is the host-level version of the cluster-wide upgrade: two real
-// Patroni members on PostgreSQL 13 (real Consul), with PostGIS data. The replica's node is
-// "rolled" first: its agent waits while the old leader runs. The leader's node is rolled:
-// its agent upgrades in place and resets the scope; Patroni on PostgreSQL 15 leads the new
-// system; the waiting replica's agent renames its old copy aside and Patroni re-clones it.
-// Both end on PostgreSQL 15, streaming, with identical data. (The dockerized 3-node version
-// runs in the e2e suite with the image.)
-func TestRollingUpgrade(t *testing.T) {
+// rollingResult is what one rolling upgrade measured.
+type rollingResult struct {
+	leaderUpgrade, writeDowntime, replicaResync time.Duration
+}
+
+// rollingUpgrade runs the host-level version of the cluster-wide upgrade: two real Patroni
+// members on PostgreSQL 13 (real Consul) with PostGIS data plus pgbench data of the given
+// scale (0: none). The replica's node is "rolled" first: its agent waits while the old
+// leader runs. The leader's node is rolled: its agent upgrades in place and resets the
+// scope; Patroni on PostgreSQL 15 leads the new system; the waiting replica's agent renames
+// its old copy aside and Patroni re-clones it. Both must end on PostgreSQL 15, streaming,
+// with identical data.
+func rollingUpgrade(t testing.TB, scale int) rollingResult {
 	consul := testenv.StartConsul(t, ports)
 	scope := "rolling"
 	r1, r2 := testenv.PostgresTempDir(t), testenv.PostgresTempDir(t)
 	n1 := startPatroni(t, consul, scope, "n1", filepath.Join(r1, "data"), oldMajor)
 	n1.waitRole(t, "primary")
-	n1.sql(t, "postgres", "super-secret", `SELECT 'x' FROM (SELECT 1) s`)
 	exec1 := func(m *patroniMember, q string) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -41,13 +47,21 @@ func TestRollingUpgrade(t *testing.T) {
 	exec1(n1, `CREATE EXTENSION postgis`)
 	exec1(n1, `CREATE TABLE pts (id int PRIMARY KEY, geom geometry(Point, 4326));
 		INSERT INTO pts SELECT i, ST_SetSRID(ST_MakePoint(i % 360 - 180, i % 180 - 90), 4326) FROM generate_series(1, 10000) i`)
+	if scale > 0 {
+		testenv.MustAsPostgres(t, filepath.Join(testenv.PGBinDir(t, oldMajor), "pgbench"), "-i", "-q", "-s", strconv.Itoa(scale),
+			"-h", n1.sock, "-p", strconv.Itoa(n1.pgPort), "-U", "postgres", "postgres")
+	}
 	fp := func(m *patroniMember) string {
-		return m.sql(t, "postgres", "super-secret", "SELECT count(*) || '/' || md5(string_agg(ST_AsEWKT(geom), ',' ORDER BY id)) FROM pts")
+		q := "SELECT (SELECT count(*) || '/' || md5(string_agg(ST_AsEWKT(geom), ',' ORDER BY id)) FROM pts)"
+		if scale > 0 {
+			q += " || ' ' || (SELECT count(*) || '/' || sum(abalance) FROM pgbench_accounts)"
+		}
+		return m.sql(t, "postgres", "super-secret", q)
 	}
 	want := fp(n1)
 	n2 := startPatroni(t, consul, scope, "n2", filepath.Join(r2, "data"), oldMajor)
 	n2.waitRole(t, "replica")
-	testenv.WaitFor(t, 60*time.Second, "replica to catch up", func() error {
+	testenv.WaitFor(t, 10*time.Minute, "replica to catch up", func() error {
 		if got := fp(n2); got != want {
 			return fmt.Errorf("replica has %s", got)
 		}
@@ -92,11 +106,12 @@ func TestRollingUpgrade(t *testing.T) {
 	if !out1.Upgraded || !out1.DCSReset {
 		t.Fatalf("leader outcome: %+v", out1)
 	}
-	upgraded := time.Since(down)
+	var res rollingResult
+	res.leaderUpgrade = time.Since(down)
 	n1 = startPatroni(t, consul, scope, "n1", node1.DataDir, newMajor)
 	n1.waitRole(t, "primary")
 	exec1(n1, "INSERT INTO pts VALUES (10001, ST_SetSRID(ST_MakePoint(1, 2), 4326))")
-	downtime := time.Since(down)
+	res.writeDowntime = time.Since(down)
 	want = fp(n1)
 
 	var r result
@@ -111,13 +126,13 @@ func TestRollingUpgrade(t *testing.T) {
 	resync := time.Now()
 	n2 = startPatroni(t, consul, scope, "n2", node2.DataDir, newMajor)
 	n2.waitRole(t, "replica")
-	testenv.WaitFor(t, 60*time.Second, "re-cloned replica to catch up", func() error {
+	testenv.WaitFor(t, 10*time.Minute, "re-cloned replica to catch up", func() error {
 		if got := fp(n2); got != want {
 			return fmt.Errorf("replica has %s, want %s", got, want)
 		}
 		return nil
 	})
-	resyncTime := time.Since(resync)
+	res.replicaResync = time.Since(resync)
 	for _, m := range []*patroniMember{n1, n2} {
 		if v := m.sql(t, "postgres", "super-secret", "SELECT current_setting('server_version_num')"); !strings.HasPrefix(v, "15") {
 			t.Fatalf("%s runs %s", m.name, v)
@@ -129,6 +144,37 @@ func TestRollingUpgrade(t *testing.T) {
 	if v := n2.sql(t, "postgres", "super-secret", "SELECT extversion FROM pg_extension WHERE extname = 'postgis'"); !strings.HasPrefix(v, "3.3") {
 		t.Fatalf("PostGIS on the replica: %s", v)
 	}
-	t.Logf("MEASURE rolling upgrade (10k PostGIS rows, link): leader upgrade %.1fs, write downtime %.1fs, replica re-clone %.1fs",
-		upgraded.Seconds(), downtime.Seconds(), resyncTime.Seconds())
+	return res
+}
+
+// TestRollingUpgrade: the cluster-wide upgrade with real Patroni members (see
+// rollingUpgrade). The dockerized 3-node version belongs to the e2e suite with the image.
+func TestRollingUpgrade(t *testing.T) {
+	r := rollingUpgrade(t, 0)
+	t.Logf("rolling upgrade (10k PostGIS rows, link): leader upgrade %.1fs, write downtime %.1fs, replica re-clone %.1fs",
+		r.leaderUpgrade.Seconds(), r.writeDowntime.Seconds(), r.replicaResync.Seconds())
+}
+
+// BenchmarkRollingUpgrade measures write downtime and replica re-clone time of the
+// cluster-wide upgrade against pgbench scale (PGNODE_BENCH_SCALES, default "10").
+func BenchmarkRollingUpgrade(b *testing.B) {
+	scales := strings.Fields(os.Getenv("PGNODE_BENCH_SCALES"))
+	if len(scales) == 0 {
+		scales = []string{"10"}
+	}
+	for _, sc := range scales {
+		scale, err := strconv.Atoi(sc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run("scale="+sc, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				r := rollingUpgrade(b, scale)
+				b.ReportMetric(r.writeDowntime.Seconds(), "write-downtime-s")
+				b.ReportMetric(r.replicaResync.Seconds(), "resync-s")
+				fmt.Printf("ROLLING scale=%d leader_upgrade_s=%.1f write_downtime_s=%.1f replica_resync_s=%.1f\n",
+					scale, r.leaderUpgrade.Seconds(), r.writeDowntime.Seconds(), r.replicaResync.Seconds())
+			}
+		})
+	}
 }
