@@ -99,6 +99,11 @@ func quoteLiteral(s string) string {
 // privately (crash recovery included), creates or updates the roles and keeps the
 // operator's configuration reachable. Patroni then takes the leader lock with the data.
 func (n *Node) adopt(ctx context.Context, v Volume) error {
+	if v.Standby {
+		return fmt.Errorf("data directory %s holds a standby (cluster state %q or a standby.signal/recovery.conf file) that Patroni never managed: "+
+			"pgnode adopts only a primary; promote it with its own server first (pg_ctl promote), or start this node with an empty volume to clone from the leader; nothing was changed",
+			n.DataDir, v.Control.State)
+	}
 	// Debian-style clusters keep postgresql.conf in /etc; Patroni needs one in PGDATA.
 	conf := filepath.Join(n.DataDir, "postgresql.conf")
 	if !exists(conf) {

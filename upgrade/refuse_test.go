@@ -48,6 +48,14 @@ func TestRefusals(t *testing.T) {
 		{name: "9.6", setup: func(t *testing.T, root string) {
 			write(t, filepath.Join(root, "data"), map[string]string{"PG_VERSION": "9.6\n", "global/pg_control": "x"}, uid)
 		}, want: []string{"PostgreSQL 9.6", "10 or newer"}},
+		{name: "standby of an older major", setup: func(t *testing.T, root string) {
+			oldVolume(t, root)
+			write(t, filepath.Join(root, "data"), map[string]string{"standby.signal": ""}, uid)
+		}, cfg: Config{AutoUpgrade: true, Mode: "link"}, want: []string{"holds a standby of PostgreSQL 13", "never upgraded on its own", "nothing was changed"}},
+		{name: "standby single server of the image's major", setup: func(t *testing.T, root string) {
+			testenv.InitDB(t, newMajor, filepath.Join(root, "data"))
+			write(t, filepath.Join(root, "data"), map[string]string{"standby.signal": ""}, uid)
+		}, want: []string{"holds a standby", "adopts only a primary", "nothing was changed"}},
 		{name: "autoupgrade off", setup: func(t *testing.T, root string) { oldVolume(t, root) },
 			cfg: Config{AutoUpgrade: false, Mode: "link"}, want: []string{"holds PostgreSQL 13", "set POSTGRES_DB_AUTOUPGRADE=true", "nothing was changed"}},
 		{name: "timescaledb library missing", setup: func(t *testing.T, root string) {
@@ -69,7 +77,8 @@ func TestRefusals(t *testing.T) {
 			if cfg.Mode == "" {
 				cfg.Mode = "link"
 			}
-			realCluster := exists(filepath.Join(n.DataDir, "base"))
+			pv, _ := os.ReadFile(filepath.Join(n.DataDir, "PG_VERSION"))
+			realCluster := exists(filepath.Join(n.DataDir, "base")) && strings.TrimSpace(string(pv)) == "13"
 			before := treeState(t, n.DataDir)
 			rootBefore, _ := os.ReadDir(root)
 			_, err := Prepare(context.Background(), cfg, n)
