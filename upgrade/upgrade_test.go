@@ -27,7 +27,9 @@ func runAgent(t *testing.T, n Node, cfg Config, killAt string) (string, bool, in
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "PGNODE_UPGRADE_HELPER="+string(raw))
+	// The agent's private socket directories go below a directory the test removes (a
+	// killed agent cannot clean up after itself).
+	cmd.Env = append(os.Environ(), "PGNODE_UPGRADE_HELPER="+string(raw), "TMPDIR="+testenv.PostgresTempDir(t))
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
