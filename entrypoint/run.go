@@ -57,14 +57,42 @@ func cmdRun(args []string) int {
 func (r *runner) run(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sigs := make(chan os.Signal, 16)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGCHLD)
-	defer signal.Stop(sigs)
+	raw := make(chan os.Signal, 16)
+	signal.Notify(raw, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGCHLD)
+	defer signal.Stop(raw)
 	if os.Getpid() != 1 {
 		// Orphans (a postmaster whose Patroni died) are reparented to us, so we can see,
 		// fence and reap them.
 		_ = setChildSubreaper()
 	}
+	// From the first moment on, SIGCHLD reaps orphans (postmasters pg_ctl started during
+	// an upgrade are reparented to PID 1); other signals go to whoever runs now: the
+	// start-up (which then stops cleanly) or the supervisor (which forwards them).
+	sigs := make(chan os.Signal, 16)
+	go func() {
+		for s := range raw {
+			if s == syscall.SIGCHLD {
+				command.ReapOrphans()
+				continue
+			}
+			sigs <- s
+		}
+	}()
+	startCtx, startCancel := context.WithCancel(ctx)
+	defer startCancel()
+	startDone := make(chan struct{})
+	stopDuringStart := make(chan os.Signal, 1)
+	watcherGone := make(chan struct{})
+	go func() {
+		defer close(watcherGone)
+		select {
+		case s := <-sigs:
+			slog.Info("signal during start; stopping", "signal", s.String())
+			stopDuringStart <- s
+			startCancel()
+		case <-startDone:
+		}
+	}()
 	if err := r.lookupUser(); err != nil {
 		return 1, err
 	}
@@ -72,7 +100,10 @@ func (r *runner) run(ctx context.Context) (int, error) {
 		return 1, err
 	}
 	r.writeStatus("starting", "")
-	if err := r.prepareVolume(ctx); err != nil {
+	if err := r.prepareVolume(startCtx); err != nil {
+		if startCtx.Err() != nil {
+			return 0, nil
+		}
 		return 1, err
 	}
 	if err := r.writeConfigs(); err != nil {
@@ -83,42 +114,30 @@ func (r *runner) run(ctx context.Context) (int, error) {
 		return 1, err
 	}
 	r.consul = cl
-	// Early signals (docker stop during start) end the start cleanly.
-	startCtx, startCancel := context.WithCancel(ctx)
-	go func() {
-		for {
-			select {
-			case s := <-sigs:
-				if s == syscall.SIGCHLD {
-					command.ReapOrphans()
-					continue
-				}
-				slog.Info("signal during start; stopping", "signal", s.String())
-				startCancel()
-				return
-			case <-startCtx.Done():
-				return
-			}
-		}
-	}()
 	if err := CheckStaleDCS(startCtx, r.cfg, cl); err != nil {
-		startCancel()
+		if startCtx.Err() != nil {
+			return 0, nil
+		}
 		return 1, fmt.Errorf("while checking Consul for stale cluster state: %w", err)
 	}
 	if r.cfg.FastFailover {
 		r.alive = NewAliveCheck(r.cfg, cl)
 		if err := r.alive.Open(startCtx); err != nil {
-			startCancel()
+			if startCtx.Err() != nil {
+				return 0, nil
+			}
 			return 1, err
 		}
 	}
 	r.startSidecars(ctx)
-	if startCtx.Err() != nil {
+	close(startDone)
+	<-watcherGone
+	select {
+	case <-stopDuringStart:
 		r.releaseAlive()
 		return 0, nil
+	default:
 	}
-	startCancel()
-	// Drain what the start goroutine may have left: it is gone now.
 	return r.supervise(ctx, sigs)
 }
 
@@ -315,8 +334,6 @@ func (r *runner) supervise(ctx context.Context, sigs chan os.Signal) (int, error
 		select {
 		case s := <-sigs:
 			switch s {
-			case syscall.SIGCHLD:
-				command.ReapOrphans()
 			case syscall.SIGHUP:
 				slog.Info("forwarding SIGHUP to Patroni (reload)")
 				_ = syscall.Kill(p.Pid(), syscall.SIGHUP)
