@@ -1,0 +1,224 @@
+// Package rolling is the dockerized cluster-wide major upgrade e2e test: a 3-node pgnode
+// cluster (real pgnode image, Patroni, Consul 1.8.7 containers) first runs the image's
+// older PostgreSQL major (PG_MAJOR=15 on the same image), gets PostGIS data, and then the
+// new major is rolled out one container at a time with POSTGRES_DB_AUTOUPGRADE=true,
+// keeping the volumes (see docs/upgrade.md and docs/e2e-upgrade-backup.md).
+package rolling
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"pgnode/ci/e2e"
+	"pgnode/ci/testenv"
+)
+
+const (
+	oldMajor = 15
+	newMajor = 17
+)
+
+// setup SQL run on the old major's leader (database app): PostGIS geometries with a GiST
+// index and a plain table, so the upgrade carries both catalog-dependent and plain data.
+var setupSQL = []string{
+	`CREATE EXTENSION postgis`,
+	`CREATE TABLE places (id int PRIMARY KEY, name text NOT NULL,
+		pt geometry(Point, 4326) NOT NULL, area geometry(Polygon, 4326) NOT NULL)`,
+	`INSERT INTO places
+	   SELECT i, 'place ' || i,
+	          ST_SetSRID(ST_MakePoint(-180 + (i * 7919 % 36000) / 100.0, -80 + (i * 104729 % 16000) / 100.0), 4326),
+	          ST_SetSRID(ST_Buffer(ST_MakePoint(i % 170, (i % 80) - 40), 0.5 + (i % 7) / 10.0, 8), 4326)
+	     FROM generate_series(1, 20000) i`,
+	`CREATE INDEX places_pt ON places USING gist (pt)`,
+	`CREATE TABLE items AS SELECT i AS id, md5(i::text) AS v FROM generate_series(1, 100000) i`,
+	`ALTER TABLE items ADD PRIMARY KEY (id)`,
+}
+
+// fingerprintSQL returns what must be identical before and after: row counts, a checksum
+// over every geometry's EWKB, a checksum of the plain table, and a GiST-index query.
+const fingerprintSQL = `SELECT
+	(SELECT count(*) FROM places),
+	(SELECT md5(string_agg(ST_AsEWKB(pt)::text || ST_AsEWKB(area)::text, ',' ORDER BY id)) FROM places),
+	(SELECT count(*) FROM items),
+	(SELECT md5(string_agg(v, ',' ORDER BY id)) FROM items),
+	(SELECT count(*) FROM places WHERE pt && ST_MakeEnvelope(-10, -10, 10, 10, 4326))`
+
+func oldEnv() map[string]string {
+	env := map[string]string{}
+	for i := 1; i <= 3; i++ {
+		env[fmt.Sprintf("PG%d_MAJOR", i)] = strconv.Itoa(oldMajor)
+		env[fmt.Sprintf("PG%d_BIN_DIR", i)] = fmt.Sprintf("/usr/lib/postgresql/%d/bin", oldMajor)
+		env[fmt.Sprintf("PG%d_AUTOUPGRADE", i)] = "false"
+	}
+	return env
+}
+
+// newEnvFor is the "new image" for one node: the image's own major, POSTGRES_BIN_DIR
+// unset (empty = the image default), autoupgrade on.
+func newEnvFor(node string) map[string]string {
+	n := strings.TrimPrefix(node, "pg")
+	return map[string]string{"PG" + n + "_MAJOR": strconv.Itoa(newMajor), "PG" + n + "_BIN_DIR": "",
+		"PG" + n + "_AUTOUPGRADE": "true"}
+}
+
+// TestRollingMajorUpgrade rolls PostgreSQL 15 -> 17 over a running 3-node cluster the way
+// docs/upgrade.md tells the operator: replicas first (they wait, healthy-not-ready), then
+// the leader (it upgrades in place with pg_upgrade --link, resets the scope; the replicas
+// move their stale copies aside and re-clone). A writer runs against all nodes throughout.
+func TestRollingMajorUpgrade(t *testing.T) {
+	c := startCluster(t, oldEnv())
+	c.p.WaitHealthy(4*time.Minute, nodes...)
+	leader := c.waitTopology(2 * time.Minute)
+	t.Logf("old cluster up: leader %s", leader)
+	for _, n := range nodes {
+		v := c.mustQuery(n, "postgres", "SHOW server_version_num")[0]
+		if !strings.HasPrefix(v, strconv.Itoa(oldMajor)) {
+			t.Fatalf("%s runs server_version_num %s, want %d.x before the upgrade", n, v, oldMajor)
+		}
+	}
+
+	c.exec(leader, "postgres", "CREATE DATABASE app")
+	for _, s := range setupSQL {
+		c.exec(leader, "app", s)
+	}
+	c.exec(leader, "postgres", e2e.CreateTableSQL)
+	before := c.mustQuery(leader, "app", fingerprintSQL)
+	oldPostGIS := c.mustQuery(leader, "app", "SELECT extversion FROM pg_extension WHERE extname = 'postgis'")[0]
+	t.Logf("before: places=%s geom-md5=%s items=%s items-md5=%s gist-hits=%s postgis=%s",
+		before[0], before[1], before[2], before[3], before[4], oldPostGIS)
+	// The replicas hold the data too before we start rolling.
+	testenv.WaitFor(t, time.Minute, "replicas caught up", func() error {
+		for _, n := range nodes {
+			got, err := c.query(n, "app", fingerprintSQL)
+			if err != nil {
+				return fmt.Errorf("%s: %w", n, err)
+			}
+			if strings.Join(got, "|") != strings.Join(before, "|") {
+				return fmt.Errorf("%s: %v", n, got)
+			}
+		}
+		return nil
+	})
+
+	w := c.writer()
+	w.Start(context.Background())
+	defer w.Stop()
+	time.Sleep(2 * time.Second)
+
+	// Replicas first: each recreated container waits (healthy, not ready) for the leader.
+	var replicas []string
+	for _, n := range nodes {
+		if n != leader {
+			replicas = append(replicas, n)
+		}
+	}
+	for _, r := range replicas {
+		c.p.SetEnv(newEnvFor(r))
+		start := time.Now()
+		c.p.Compose("up", "-d", "--no-build", "--no-deps", r)
+		testenv.WaitFor(t, 2*time.Minute, r+" waiting for the leader", func() error {
+			if ph := c.agentStatus(r); ph != "waiting" {
+				return fmt.Errorf("%s phase %q", r, ph)
+			}
+			return nil
+		})
+		t.Logf("%s recreated on the new image, waiting after %.1fs", r, time.Since(start).Seconds())
+	}
+	// While both replicas wait the leader still takes writes.
+	if d, _ := e2e.Unavailability(w.Acks(), time.Now().Add(-5*time.Second)); d > 5*time.Second {
+		t.Errorf("writes stopped for %.1fs while only replicas were rolled", d.Seconds())
+	}
+
+	// Then the leader: writes stop when its container stops.
+	c.p.SetEnv(newEnvFor(leader))
+	stop := time.Now()
+	c.p.Compose("up", "-d", "--no-build", "--no-deps", leader)
+	recreated := time.Now()
+	var firstWrite time.Time
+	testenv.WaitFor(t, 5*time.Minute, "a write on the upgraded leader", func() error {
+		a, ok := e2e.FirstAckAfter(w.Acks(), recreated, "")
+		if !ok {
+			return fmt.Errorf("no write since %s (leader %s phase %q, health %s)", recreated.Format("15:04:05"),
+				leader, c.agentStatus(leader), c.p.Health(leader))
+		}
+		firstWrite = a.At
+		return nil
+	})
+	newLeader := c.waitTopology(4 * time.Minute)
+	streamingAt := time.Now()
+	time.Sleep(time.Second)
+	w.Stop()
+
+	downtime, _ := e2e.Unavailability(w.Acks(), stop)
+	t.Logf("MEASURE write downtime (leader container stop -> first write on the upgraded leader): %.1fs", downtime.Seconds())
+	t.Logf("MEASURE leader "compose up -d" issued -> first write: %.1fs", firstWrite.Sub(stop).Seconds())
+	t.Logf("MEASURE first write -> both replicas streaming again: %.1fs", streamingAt.Sub(firstWrite).Seconds())
+	if newLeader != leader {
+		t.Errorf("leader after the upgrade is %s, want the upgraded %s", newLeader, leader)
+	}
+
+	t.Run("all-on-new-major", func(t *testing.T) {
+		for _, n := range nodes {
+			v := c.mustQuery(n, "postgres", "SHOW server_version_num")[0]
+			if !strings.HasPrefix(v, strconv.Itoa(newMajor)) {
+				t.Errorf("%s runs server_version_num %s, want %d.x", n, v, newMajor)
+			}
+		}
+	})
+	t.Run("streaming", func(t *testing.T) {
+		got := c.mustQuery(newLeader, "postgres", "SELECT count(*) FILTER (WHERE state = 'streaming'), count(*) FROM pg_stat_replication")
+		if got[0] != "2" {
+			t.Errorf("pg_stat_replication on %s: %s streaming of %s, want 2", newLeader, got[0], got[1])
+		}
+	})
+	t.Run("data-identical", func(t *testing.T) {
+		testenv.WaitFor(t, time.Minute, "same data on every node", func() error {
+			for _, n := range nodes {
+				got, err := c.query(n, "app", fingerprintSQL)
+				if err != nil {
+					return fmt.Errorf("%s: %w", n, err)
+				}
+				if strings.Join(got, "|") != strings.Join(before, "|") {
+					return fmt.Errorf("%s: %v, want %v", n, got, before)
+				}
+			}
+			return nil
+		})
+		// Every acknowledged write survived (including those during the rolling).
+		present, err := e2e.ReadBack(context.Background(), c.dsn(newLeader, "postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		acks := w.Acks()
+		if lost := e2e.Missing(acks, present); len(lost) > 0 {
+			t.Errorf("%d of %d acknowledged writes lost, first %+v", len(lost), len(acks), lost[0])
+		}
+		t.Logf("%d acknowledged writes, all present", len(acks))
+	})
+	t.Run("postgis-updated", func(t *testing.T) {
+		got := c.mustQuery(newLeader, "app", `SELECT e.extversion, a.default_version, postgis_lib_version()
+			FROM pg_extension e JOIN pg_available_extensions a ON a.name = e.extname WHERE e.extname = 'postgis'`)
+		if got[0] != got[1] || got[0] == oldPostGIS {
+			t.Errorf("postgis extversion %s (default %s, lib %s), was %s: want the new default", got[0], got[1], got[2], oldPostGIS)
+		}
+		full := c.mustQuery(newLeader, "app", "SELECT postgis_full_version()")[0]
+		if strings.Contains(full, "procs need upgrade") || strings.Contains(full, "need upgrade") {
+			t.Errorf("postgis_full_version: %s", full)
+		}
+		t.Logf("PostGIS %s -> %s", oldPostGIS, got[0])
+	})
+	t.Run("health", func(t *testing.T) {
+		for _, n := range nodes {
+			if out, err := c.p.Exec(n, "pgnode", "health"); err != nil {
+				t.Errorf("pgnode health on %s: %v\n%s", n, err, out)
+			}
+			if ph := c.agentStatus(n); ph != "" && ph != "running" {
+				t.Logf("%s agent phase %q", n, ph)
+			}
+		}
+	})
+}
