@@ -74,6 +74,10 @@ func (a *AliveCheck) Open(ctx context.Context) error {
 			Interval: "1s",
 			Timeout:  "1s",
 			Status:   consul.HealthPassing,
+			// Two failed probes: a dead process (connection refused) is still seen within
+			// ~2 s, while a partitioned leader gets the time to fence itself first
+			// (PGNODE_ISOLATION_FENCE) before its session ends.
+			FailuresBeforeCritical: 2,
 		},
 	}
 	var lastErr error

@@ -46,15 +46,16 @@ type Config struct {
 	ParametersFile string `envconfig:"POSTGRES_PARAMETERS_FILE" desc:"YAML file with a map of PostgreSQL parameters; POSTGRES_PARAMETERS wins on conflicts"`
 	HBA            string `envconfig:"POSTGRES_HBA" desc:"extra pg_hba.conf lines (newline or ';' separated), inserted before the default rules; 'trust' is refused for network lines"`
 
-	BootstrapMethod  string `envconfig:"PATRONI_BOOTSTRAP_METHOD" default:"initdb" desc:"how a new cluster starts: initdb (empty) or walg (restore from the S3 backup; see PATRONI_RECOVERY_TARGET_*)"`
-	SynchronousMode  bool   `envconfig:"PATRONI_SYNCHRONOUS_MODE" default:"false" desc:"true: commits wait for one synchronous replica, so failover never loses an acknowledged commit"`
-	TTL              int    `envconfig:"PATRONI_TTL" default:"20" desc:"leader key TTL in seconds (Patroni ttl); must be >= 20 and >= loop_wait + 2*retry_timeout"`
-	LoopWait         int    `envconfig:"PATRONI_LOOP_WAIT" default:"5" desc:"seconds between Patroni's HA loops"`
-	RetryTimeout     int    `envconfig:"PATRONI_RETRY_TIMEOUT" default:"5" desc:"seconds Patroni retries DCS and PostgreSQL operations before demoting"`
-	MaxLagOnFailover int64  `envconfig:"PATRONI_MAXIMUM_LAG_ON_FAILOVER" default:"1048576" desc:"bytes a replica may lag and still be promoted"`
-	FastFailover     bool   `envconfig:"PGNODE_FAST_FAILOVER" default:"true" desc:"bind the leader's Consul session to a check pgnode fails (after fencing PostgreSQL) the moment Patroni dies: failover in ~1 s instead of waiting for the TTL; false falls back to TTL-only failover"`
-	AlivePort        int    `envconfig:"PGNODE_ALIVE_PORT" default:"8010" desc:"TCP port pgnode holds open while it supervises a live Patroni; the node's Consul agent checks it every second (fast failover). Closed only after PostgreSQL is fenced"`
-	Watchdog         string `envconfig:"PGNODE_WATCHDOG" default:"automatic" desc:"Patroni watchdog mode: off, automatic (use /dev/watchdog if present) or required"`
+	BootstrapMethod  string        `envconfig:"PATRONI_BOOTSTRAP_METHOD" default:"initdb" desc:"how a new cluster starts: initdb (empty) or walg (restore from the S3 backup; see PATRONI_RECOVERY_TARGET_*)"`
+	SynchronousMode  bool          `envconfig:"PATRONI_SYNCHRONOUS_MODE" default:"false" desc:"true: commits wait for one synchronous replica, so failover never loses an acknowledged commit"`
+	TTL              int           `envconfig:"PATRONI_TTL" default:"20" desc:"leader key TTL in seconds (Patroni ttl); must be >= 20 and >= loop_wait + 2*retry_timeout"`
+	LoopWait         int           `envconfig:"PATRONI_LOOP_WAIT" default:"5" desc:"seconds between Patroni's HA loops"`
+	RetryTimeout     int           `envconfig:"PATRONI_RETRY_TIMEOUT" default:"5" desc:"seconds Patroni retries DCS and PostgreSQL operations before demoting"`
+	MaxLagOnFailover int64         `envconfig:"PATRONI_MAXIMUM_LAG_ON_FAILOVER" default:"1048576" desc:"bytes a replica may lag and still be promoted"`
+	FastFailover     bool          `envconfig:"PGNODE_FAST_FAILOVER" default:"true" desc:"bind the leader's Consul session to a check pgnode fails (after fencing PostgreSQL) the moment Patroni dies: failover in ~1 s instead of waiting for the TTL; false falls back to TTL-only failover"`
+	AlivePort        int           `envconfig:"PGNODE_ALIVE_PORT" default:"8010" desc:"TCP port pgnode holds open while it supervises a live Patroni; the node's Consul agent checks it every second (fast failover). Closed only after PostgreSQL is fenced"`
+	IsolationFence   time.Duration `envconfig:"PGNODE_ISOLATION_FENCE" default:"1s" desc:"while this node leads, stop PostgreSQL when neither Consul's servers nor any other member has answered for this long (a partitioned leader must stop before the others can promote); 0 disables"`
+	Watchdog         string        `envconfig:"PGNODE_WATCHDOG" default:"automatic" desc:"Patroni watchdog mode: off, automatic (use /dev/watchdog if present) or required"`
 
 	RemoveStaleDCS bool          `envconfig:"PGNODE_REMOVE_STALE_DCS" default:"false" desc:"true lets pgnode remove the Consul state of a cluster none of whose members is alive when this node's data directory is empty (the playbook's 'waiting for leader to bootstrap' problem)"`
 	StaleDCSGrace  time.Duration `envconfig:"PGNODE_STALE_DCS_GRACE" default:"60s" desc:"how long no member may be alive before cluster state counts as stale"`
@@ -271,6 +272,9 @@ func (c *Config) validate() error {
 	}
 	if c.AlivePort == c.PGPort || c.AlivePort == c.RestAPIPort || c.AlivePort == c.MetricsPort {
 		return envspec.Errorf("PGNODE_ALIVE_PORT", "a port different from POSTGRES_PORT, PATRONI_RESTAPI_PORT and PGNODE_METRICS_PORT", "%d is already used", c.AlivePort)
+	}
+	if c.IsolationFence != 0 && (c.IsolationFence < 500*time.Millisecond || c.IsolationFence > 10*time.Second) {
+		return envspec.Errorf("PGNODE_ISOLATION_FENCE", "0 (off) or a duration from 500ms to 10s", "%s is out of range", c.IsolationFence)
 	}
 	switch c.Watchdog {
 	case "off", "automatic", "required":

@@ -312,6 +312,11 @@ func (r *runner) supervise(ctx context.Context, sigs chan os.Signal) (int, error
 		return 1, err
 	}
 	api := r.cfg.patroniAPI(3 * time.Second)
+	isolatedCh := make(chan time.Time, 1)
+	iso := newIsolationMonitor(r.cfg, r.consul)
+	isoCtx, isoCancel := context.WithCancel(ctx)
+	defer isoCancel()
+	go iso.Run(isoCtx, func(since time.Time) { isolatedCh <- since })
 	type probe struct {
 		live bool
 		st   *MemberStatus
@@ -363,7 +368,7 @@ func (r *runner) supervise(ctx context.Context, sigs chan os.Signal) (int, error
 				pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 				defer cancel()
 				pr := probe{live: api.Liveness(pctx) == nil}
-				if pr.live && !reconciled {
+				if pr.live {
 					pr.st, _ = api.Status(pctx)
 				}
 				probes <- pr
@@ -372,13 +377,25 @@ func (r *runner) supervise(ctx context.Context, sigs chan os.Signal) (int, error
 			probing = false
 			if pr.live {
 				seenLive, lastLive = true, time.Now()
+				if pr.st != nil {
+					iso.SetLeader(pr.st.IsLeader() && pr.st.State == "running")
+				}
 				if pr.st != nil && pr.st.IsLeader() && pr.st.State == "running" && !reconciled {
 					reconciled = true
 					go r.reconcileDCS(ctx)
 				}
 			} else if seenLive && !stopping && time.Since(lastLive) > hangLimit {
 				slog.Error("Patroni has not run its HA loop for too long: it hangs; killing it and fencing PostgreSQL", "since", lastLive.Format(time.RFC3339))
-				p.Signal(syscall.SIGKILL)
+				_ = syscall.Kill(p.Pid(), syscall.SIGKILL)
+			}
+		case since := <-isolatedCh:
+			if !stopping {
+				slog.Error("this leader is cut off: neither Consul's servers nor any other member answered; stopping Patroni and fencing PostgreSQL before another node is promoted",
+					"last_contact", since.Format(time.RFC3339Nano), "limit", r.cfg.IsolationFence)
+				r.writeStatus("fenced", "isolated from the cluster")
+				// Patroni only: PostgreSQL is then stopped by FencePostgres, which ends
+				// every backend with it.
+				_ = syscall.Kill(p.Pid(), syscall.SIGKILL)
 			}
 		case <-p.Done():
 			code := p.ExitCode()
