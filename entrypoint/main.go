@@ -123,7 +123,10 @@ func cmdRender(args []string, stdout io.Writer) int {
 		printConfigError(err)
 		return 1
 	}
-	r, err := cfg.Render(RenderOptions{Redacted: true})
+	r, err := cfg.Render(RenderOptions{Redacted: true, WalgMissing: cfg.WalgMissing()})
+	if cfg.WalgMissing() {
+		slog.Warn("S3 is configured but WAL-G is not installed here: rendered without archiving, as run would", "WALG_BINARY", cfg.WalgBinary)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "pgnode: %v\n", err)
 		return 1

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -113,6 +114,18 @@ type PostgresConfig struct {
 // RenderOptions choose real or redacted output.
 type RenderOptions struct {
 	Redacted bool
+	// WalgMissing renders as if S3 were not configured (no archiving, restore command or
+	// WAL-G replica method): an archive_command that cannot run would fill pg_wal.
+	WalgMissing bool
+}
+
+// WalgMissing reports whether S3 is configured but the WAL-G program is not installed.
+func (c *Config) WalgMissing() bool {
+	if !c.BackupConfig.Enabled() {
+		return false
+	}
+	_, err := exec.LookPath(c.WalgBinary)
+	return err != nil
 }
 
 // Rendered holds every file the agent writes into the config directory.
@@ -214,10 +227,14 @@ func (c *Config) hba() []string {
 // Render builds every config file. It reads nothing but the config.
 func (c *Config) Render(o RenderOptions) (*Rendered, error) {
 	node := c.BackupNode()
-	bs := c.BackupConfig.Patroni(node, c.BootstrapMethod == "walg")
+	bcfg := c.BackupConfig
+	if o.WalgMissing {
+		bcfg.S3BackupPath = ""
+	}
+	bs := bcfg.Patroni(node, c.BootstrapMethod == "walg" && !o.WalgMissing)
 	dcs := c.DesiredDCS()
 	for k, v := range bs.Parameters {
-		if _, userSet := c.parsedParams[k]; !userSet || k == "archive_mode" && !c.BackupConfig.Enabled() {
+		if _, userSet := c.parsedParams[k]; !userSet || k == "archive_mode" && !bcfg.Enabled() {
 			dcs.Postgres.Parameters[k] = v
 		}
 	}

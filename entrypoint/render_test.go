@@ -191,3 +191,37 @@ func TestRenderCommandWritesRedactedFilesOnly(t *testing.T) {
 		t.Errorf("render touched the data volume")
 	}
 }
+
+// TestS3WithoutWalgRendersNoArchiving: an image without WAL-G must not get an
+// archive_command that cannot run (pg_wal would fill up) nor a WAL-G replica method.
+func TestS3WithoutWalgRendersNoArchiving(t *testing.T) {
+	dir := t.TempDir()
+	env := mergeMaps(baseEnv(dir), map[string]string{"S3_BACKUP_PATH": "s3://b/p", "S3_ACCESS_KEY_RW": "AKIA-rw-key",
+		"S3_SECRET_KEY_RW": "rw-secret-value", "WALG_BINARY": "/nonexistent/wal-g"})
+	cmd := exec.Command(pgnodeBin, "render")
+	cmd.Env = environ(env)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("render: %v\n%s", err, out)
+	}
+	text := string(out)
+	if !strings.Contains(text, "WAL-G is not installed") {
+		t.Errorf("no warning about the missing WAL-G:\n%s", text)
+	}
+	if strings.Contains(text, "wal-push") || strings.Contains(text, "restore_command") || strings.Contains(text, "    - walg") {
+		t.Errorf("archiving or WAL-G methods rendered without WAL-G:\n%s", text)
+	}
+	if !strings.Contains(text, "archive_mode: \"off\"") {
+		t.Errorf("archive_mode not off")
+	}
+	env["PATRONI_BOOTSTRAP_METHOD"] = "walg"
+	cmd = exec.Command(pgnodeBin, "run")
+	cmd.Env = environ(env)
+	out, err = cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "WALG_BINARY") {
+		t.Errorf("walg bootstrap without WAL-G must stop naming WALG_BINARY: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "volume")); err == nil {
+		t.Errorf("the volume was touched")
+	}
+}

@@ -36,6 +36,8 @@ type runner struct {
 	backup    *backup.Manager
 	// requestFullBackup is set when the volume got a new system identifier (upgrade).
 	requestFullBackup bool
+	// walgMissing: S3 is configured but the image has no WAL-G.
+	walgMissing bool
 }
 
 func cmdRun(args []string) int {
@@ -95,6 +97,9 @@ func (r *runner) run(ctx context.Context) (int, error) {
 	}()
 	if err := r.lookupUser(); err != nil {
 		return 1, err
+	}
+	if r.cfg.BootstrapMethod == "walg" && r.cfg.WalgMissing() {
+		return 1, fmt.Errorf("PATRONI_BOOTSTRAP_METHOD=walg needs WAL-G, but %q (WALG_BINARY) is not installed in this image; nothing was changed", r.cfg.WalgBinary)
 	}
 	if err := r.prepareDirs(); err != nil {
 		return 1, err
@@ -225,7 +230,11 @@ func (r *runner) prepareDirs() error {
 // (atomic, 0600, owned by the postgres user). Stale WAL-G configs are removed when
 // backups are off, since they hold keys.
 func (r *runner) writeConfigs() error {
-	rendered, err := r.cfg.Render(RenderOptions{})
+	missing := r.cfg.WalgMissing()
+	if missing {
+		slog.Error("S3 is configured but WAL-G (WALG_BINARY=" + r.cfg.WalgBinary + ") is not installed in this image: WAL archiving, backups and replicas from S3 are unavailable until an image with WAL-G runs (see docs/image.md); PostgreSQL runs without archiving")
+	}
+	rendered, err := r.cfg.Render(RenderOptions{WalgMissing: missing})
 	if err != nil {
 		return err
 	}
@@ -248,6 +257,7 @@ func (r *runner) writeConfigs() error {
 	if !r.cfg.BackupConfig.Enabled() {
 		slog.Warn("S3_BACKUP_PATH is not set: WAL archiving and backups are off")
 	}
+	r.walgMissing = missing
 	slog.Info("configuration rendered", "dir", r.cfg.ConfigDir, "scope", r.cfg.Scope, "name", r.cfg.Name,
 		"ttl", r.cfg.TTL, "loop_wait", r.cfg.LoopWait, "retry_timeout", r.cfg.RetryTimeout, "fast_failover", r.cfg.FastFailover)
 	return nil
