@@ -60,9 +60,11 @@ write_env
 case "${1:-up}" in
   up)
     t0=$(date +%s)
-    bash ci/build-base.sh
-    bash ci/build-image.sh
-    bash ci/build-aux-images.sh
+    # Everything the demo needs on a fresh Debian machine with Docker: compose v2 and
+    # debootstrap (ci/setup-host.sh), the base, pgnode, Consul and MinIO images
+    # (ci/setup-images.sh). Both skip what is already there.
+    bash ci/setup-host.sh
+    bash ci/setup-images.sh
     profiles=()
     if docker image inspect "${MINIO_IMAGE:-pgnode-minio:local}" >/dev/null 2>&1; then
       profiles=(--profile s3)
