@@ -22,4 +22,4 @@ pkgs=("$@")
 [ ${#pkgs[@]} -eq 0 ] && pkgs=(./...)
 # Packages run one at a time (-p 1): the integration suites start real clusters whose
 # failover timings would suffer from sharing two cores with each other.
-go test -p 1 -count=1 -timeout 85m "${pkgs[@]}" 2>&1 | tee /tmp/pgnode-go-test.log
+go test -p 1 -count=1 -timeout 85m "${pkgs[@]}" 2>&1 | tee "${PGNODE_TEST_LOG:-/tmp/pgnode-go-test.log}"
