@@ -209,3 +209,14 @@ func TestEnvListsEveryVariable(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvReferenceIsCurrent keeps docs/env.md equal to `pgnode env --markdown`.
+func TestEnvReferenceIsCurrent(t *testing.T) {
+	b, err := os.ReadFile("../docs/env.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != EnvMarkdown() {
+		t.Errorf("docs/env.md is stale: run `go run ./cmd/pgnode env --markdown > docs/env.md`")
+	}
+}
