@@ -155,7 +155,7 @@ func TestRollingMajorUpgrade(t *testing.T) {
 
 	downtime, _ := e2e.Unavailability(w.Acks(), stop)
 	t.Logf("MEASURE write downtime (leader container stop -> first write on the upgraded leader): %.1fs", downtime.Seconds())
-	t.Logf("MEASURE leader "compose up -d" issued -> first write: %.1fs", firstWrite.Sub(stop).Seconds())
+	t.Logf("MEASURE leader compose-up issued -> first write: %.1fs", firstWrite.Sub(stop).Seconds())
 	t.Logf("MEASURE first write -> both replicas streaming again: %.1fs", streamingAt.Sub(firstWrite).Seconds())
 	if newLeader != leader {
 		t.Errorf("leader after the upgrade is %s, want the upgraded %s", newLeader, leader)
