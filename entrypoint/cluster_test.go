@@ -3,7 +3,9 @@ package entrypoint
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -22,6 +24,8 @@ type cluster struct {
 	ports  *testenv.Ports
 	scope  string
 	nodes  []*testenv.Node
+	// consulAddr is a Consul HTTP address for clusters without the shared dev agent.
+	consulAddr string
 }
 
 func startCluster(t *testing.T, ports *testenv.Ports, scope string, n int, extra map[string]string) *cluster {
@@ -97,8 +101,30 @@ func (c *cluster) waitStreaming(d time.Duration, want int) {
 		if int(got) != want {
 			return fmt.Errorf("%d streaming", got)
 		}
-		return nil
+		return c.failsafeListsAll()
 	})
+}
+
+// failsafeListsAll checks that the DCS's /failsafe key names every running member: with
+// failsafe_mode Patroni lets only listed members take over, and the leader writes the key
+// a loop after a member joins, so a fault injected earlier would leave no candidate.
+func (c *cluster) failsafeListsAll() error {
+	addr := c.consulAddr
+	if addr == "" && c.consul != nil {
+		addr = c.consul.Addr
+	}
+	resp, err := http.Get("http://" + addr + "/v1/kv/service/" + c.scope + "/failsafe?raw")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, n := range c.nodes {
+		if n.Running() && !strings.Contains(string(b), `"`+n.Name+`"`) {
+			return fmt.Errorf("%s not yet in the failsafe key", n.Name)
+		}
+	}
+	return nil
 }
 
 // lookupSRV asks Consul's DNS interface for name's SRV record.

@@ -68,7 +68,7 @@ func startClusterPerNodeConsul(t *testing.T, ports *testenv.Ports, scope string,
 	testenv.RequireBinary(t, "patroni")
 	servers := testenv.StartConsulCluster(t, ports, 3)
 	bin := testenv.BuildPgnode(t)
-	c := &cluster{t: t, ports: ports, scope: scope}
+	c := &cluster{t: t, ports: ports, scope: scope, consulAddr: servers[0].Addr}
 	for i := 0; i < 3; i++ {
 		c.nodes = append(c.nodes, testenv.NewNode(t, bin, ports, servers[i].AsConsul(), scope, fmt.Sprintf("%s-n%d", scope, i+1), extra))
 	}

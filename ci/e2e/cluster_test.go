@@ -196,10 +196,37 @@ func (c *Cluster) WaitTopology(timeout time.Duration, want int, skip ...string) 
 		if len(leaders) != 1 || streaming != want-1 {
 			return fmt.Errorf("leaders %v, %d streaming replicas: %s", leaders, streaming, describe(ms))
 		}
+		// With failsafe_mode Patroni lets only members listed in the /failsafe key take
+		// over, and the leader writes it a loop after a member joins: a fault injected
+		// before that leaves no candidate. Wait until every member is listed.
+		if missing := c.missingFromFailsafe(ms, skip); len(missing) > 0 {
+			return fmt.Errorf("members %v not yet in the failsafe key", missing)
+		}
 		leader = leaders[0]
 		return nil
 	})
 	return leader
+}
+
+// missingFromFailsafe lists the running members the DCS's /failsafe key does not name yet.
+func (c *Cluster) missingFromFailsafe(ms []Member, skip []string) []string {
+	var out string
+	for _, srv := range []string{"consul1", "consul2", "consul3"} {
+		if o, err := c.P.Exec(srv, "consul", "kv", "get", "service/"+scope+"/failsafe"); err == nil {
+			out = o
+			break
+		}
+	}
+	var missing []string
+	for _, m := range ms {
+		if contains(skip, m.Name) {
+			continue
+		}
+		if !strings.Contains(out, `"`+m.Name+`"`) {
+			missing = append(missing, m.Name)
+		}
+	}
+	return missing
 }
 
 // Exec runs SQL on node from the host and fails the test on error.
