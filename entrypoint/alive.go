@@ -72,7 +72,7 @@ func (a *AliveCheck) Open(ctx context.Context) error {
 		AgentServiceCheck: consul.AgentServiceCheck{
 			TCP:      net.JoinHostPort(a.cfg.LANHost, strconv.Itoa(a.cfg.AlivePort)),
 			Interval: "1s",
-			Timeout:  "1s",
+			Timeout:  "500ms",
 			Status:   consul.HealthPassing,
 			// Two failed probes: a dead process (connection refused) is still seen within
 			// ~2 s, while a partitioned leader gets the time to fence itself first
