@@ -55,6 +55,19 @@ func TestBackupsWALG(t *testing.T) {
 			t.Fatalf("pgnode backup list shows no backup:\n%s", list)
 		}
 		t.Logf("backup list:\n%s", list)
+		// Observation only: the agent re-reads the backup list every 10 minutes
+		// (docs/backup.md), so its metrics may not show an on-demand backup at once.
+		err = testenv.Poll(t.Context(), 15*time.Second, func() error {
+			text, err := c.metrics(leader)
+			if err != nil {
+				return err
+			}
+			if v := metric(text, "pgnode_backup_last_success_timestamp_seconds"); v == "" || v == "0" {
+				return fmt.Errorf("pgnode_backup_last_success_timestamp_seconds %q, stale %s", v, metric(text, "pgnode_backup_stale"))
+			}
+			return nil
+		})
+		t.Logf("leader's metrics 15s after the on-demand backup: %v", errOrOK(err))
 	})
 	t.Run("push-on-replica-refuses", func(t *testing.T) {
 		out, err := c.pgnode(replica, "backup", "push")
@@ -154,4 +167,11 @@ func grepAny(s string, subs ...string) string {
 		out = out[len(out)-40:]
 	}
 	return strings.Join(out, "\n")
+}
+
+func errOrOK(err error) string {
+	if err == nil {
+		return "show it"
+	}
+	return "do not show it yet (" + err.Error() + ")"
 }
