@@ -145,9 +145,11 @@ func testRolling(t *testing.T, tc rollCase) {
 
 	rollStart := time.Now()
 	order := tc.order(leader)
+	var starts []time.Time
 	for i, n := range order {
 		c.p.SetEnv(newEnvFor(n))
 		start := time.Now()
+		starts = append(starts, start)
 		c.p.Compose("up", "-d", "--no-build", "--no-deps", n)
 		// Settled: waiting for another member (healthy, not ready), or serving the new major.
 		state := ""
@@ -179,7 +181,18 @@ func testRolling(t *testing.T, tc rollCase) {
 	time.Sleep(time.Second)
 	w.Stop()
 
-	downtime, resumed := e2e.Unavailability(w.Acks(), rollStart)
+	acks := w.Acks()
+	for i, n := range order {
+		var window []e2e.Ack
+		for _, a := range acks {
+			if i+1 == len(starts) || a.At.Before(starts[i+1]) {
+				window = append(window, a)
+			}
+		}
+		gap, _ := e2e.Unavailability(window, starts[i])
+		t.Logf("MEASURE %s: longest write gap after rolling %s (until the next roll): %.1fs", tc.name, n, gap.Seconds())
+	}
+	downtime, resumed := e2e.Unavailability(acks, rollStart)
 	t.Logf("MEASURE %s: longest write gap during the rolling: %.1fs (writes resumed on %s at %s)", tc.name,
 		downtime.Seconds(), resumed.Node, resumed.At.Format("15:04:05.000"))
 	if !resumed.At.IsZero() {
