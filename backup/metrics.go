@@ -3,6 +3,7 @@ package backup
 import (
 	"fmt"
 	"net/http"
+	"os/exec"
 	"sort"
 	"strings"
 	"time"
@@ -25,6 +26,8 @@ type Status struct {
 	// Stale is true when no successful backup is newer than POSTGRES_BACKUP_MAX_AGE_HOURS
 	// (judged once the start-up storage check has run).
 	Stale bool `json:"stale"`
+	// WalgMissing is true when S3 is configured but the WAL-G program is not installed.
+	WalgMissing bool `json:"walg_missing,omitempty"`
 	// Problem is a one-line summary of what is wrong ("" when nothing is); `pgnode health`
 	// or status can show it.
 	Problem string `json:"problem,omitempty"`
@@ -32,6 +35,12 @@ type Status struct {
 
 // Status returns the current backup state.
 func (m *Manager) Status() Status { return m.statusAt(time.Now()) }
+
+// walgMissing reports whether the WAL-G program cannot be found.
+func (m *Manager) walgMissing() bool {
+	_, err := exec.LookPath(m.cfg.WalgBinary)
+	return err != nil
+}
 
 func (m *Manager) statusAt(now time.Time) Status {
 	m.mu.Lock()
@@ -45,6 +54,9 @@ func (m *Manager) statusAt(now time.Time) Status {
 		return s
 	}
 	var problems []string
+	if s.WalgMissing = m.walgMissing(); s.WalgMissing {
+		problems = append(problems, "WAL-G ("+m.cfg.WalgBinary+", WALG_BINARY) is not installed: no WAL archiving, backups or restores")
+	}
 	if s.StorageError != "" {
 		problems = append(problems, "backup storage: "+s.StorageError)
 	}
@@ -98,6 +110,9 @@ func (m *Manager) metricsText(now time.Time) string {
 		return float64(t.UnixNano()) / 1e9
 	}
 	g("pgnode_backup_enabled", "1 when S3 is configured (WAL archiving and backups on).", "gauge", b2f(s.Enabled))
+	if s.Enabled {
+		g("pgnode_backup_walg_available", "1 when the WAL-G program (WALG_BINARY) is installed.", "gauge", b2f(!s.WalgMissing))
+	}
 	if storageChecked || s.StorageError != "" {
 		g("pgnode_backup_storage_ok", "1 when the start-up check of the S3 storage (endpoint, keys, bucket) passed.", "gauge", b2f(s.StorageError == ""))
 	}
