@@ -138,9 +138,14 @@ func rollingUpgrade(t testing.TB, scale int) rollingResult {
 			t.Fatalf("%s runs %s", m.name, v)
 		}
 	}
-	if st := n1.sql(t, "postgres", "super-secret", "SELECT coalesce(string_agg(application_name || ':' || state, ','), '') FROM pg_stat_replication"); !strings.Contains(st, "n2:streaming") {
-		t.Fatalf("replication on the new leader: %q", st)
-	}
+	// The re-cloned replica may hold every row before its WAL receiver reports
+	// "streaming" (it can still be in catchup); wait for the state, not a snapshot of it.
+	testenv.WaitFor(t, 60*time.Second, "n2 streaming from the new leader", func() error {
+		if st := n1.sql(t, "postgres", "super-secret", "SELECT coalesce(string_agg(application_name || ':' || state, ','), '') FROM pg_stat_replication"); !strings.Contains(st, "n2:streaming") {
+			return fmt.Errorf("replication on the new leader: %q", st)
+		}
+		return nil
+	})
 	if v := n2.sql(t, "postgres", "super-secret", "SELECT extversion FROM pg_extension WHERE extname = 'postgis'"); !strings.HasPrefix(v, "3.3") {
 		t.Fatalf("PostGIS on the replica: %s", v)
 	}
