@@ -75,14 +75,23 @@ func (n Node) superUser() string {
 func queryOne(ctx context.Context, node Node, sql string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	conn, err := connectPG(ctx, node.PGHost, node.PGPort, node.superUser(), node.SuperPassword.Value(), "postgres")
-	if err == nil {
-		defer conn.Close(context.Background())
-		var v any
-		if qerr := conn.QueryRow(ctx, sql).Scan(&v); qerr != nil {
-			return "", fmt.Errorf("while running %s: %w", sql, qerr)
+	// As root (the agent, or `docker exec`), the local socket only admits postgres by peer
+	// authentication: ask psql as the postgres user directly instead of logging a failed
+	// password login first.
+	var err error
+	if node.Credential != nil {
+		err = fmt.Errorf("connecting as %s over the socket needs peer authentication", node.superUser())
+	} else {
+		var conn *pgx.Conn
+		conn, err = connectPG(ctx, node.PGHost, node.PGPort, node.superUser(), node.SuperPassword.Value(), "postgres")
+		if err == nil {
+			defer conn.Close(context.Background())
+			var v any
+			if qerr := conn.QueryRow(ctx, sql).Scan(&v); qerr != nil {
+				return "", fmt.Errorf("while running %s: %w", sql, qerr)
+			}
+			return fmt.Sprint(v), nil
 		}
-		return fmt.Sprint(v), nil
 	}
 	if node.Credential == nil || ctx.Err() != nil {
 		return "", err
@@ -91,7 +100,7 @@ func queryOne(ctx context.Context, node Node, sql string) (string, error) {
 		Args:       []string{"-h", node.PGHost, "-p", strconv.Itoa(node.PGPort), "-U", node.superUser(), "-d", "postgres", "-XAtq", "-c", sql},
 		Credential: node.Credential})
 	if perr != nil {
-		return "", fmt.Errorf("%v; as the postgres user: %w", err, perr)
+		return "", fmt.Errorf("while running %s as the postgres user: %w", sql, perr)
 	}
 	return strings.TrimSpace(out), nil
 }
