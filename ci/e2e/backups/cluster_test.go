@@ -4,15 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"pgnode/ci/testenv"
 )
@@ -86,44 +82,17 @@ func (c *cluster) dsn(node, db string) string {
 	return fmt.Sprintf("postgres://postgres:%s@%s:5432/%s?sslmode=disable&connect_timeout=2", c.password, c.ip(node), db)
 }
 
-type member struct {
-	Name     string `json:"name"`
-	Role     string `json:"role"`
-	State    string `json:"state"`
-	Timeline int    `json:"timeline"`
-}
+type member = testenv.Member
 
 func (c *cluster) members(among []string) ([]member, error) {
-	cl := &http.Client{Timeout: 2 * time.Second}
-	var last error
+	var urls []string
 	for _, n := range among {
-		resp, err := cl.Get("http://" + c.ip(n) + ":8008/cluster")
-		if err != nil {
-			last = err
-			continue
-		}
-		var body struct {
-			Members []member `json:"members"`
-		}
-		err = json.NewDecoder(resp.Body).Decode(&body)
-		resp.Body.Close()
-		if err != nil {
-			last = err
-			continue
-		}
-		sort.Slice(body.Members, func(i, j int) bool { return body.Members[i].Name < body.Members[j].Name })
-		return body.Members, nil
+		urls = append(urls, "http://"+c.ip(n)+":8008")
 	}
-	return nil, fmt.Errorf("no Patroni API answered: %v", last)
+	return testenv.ClusterMembers(urls)
 }
 
-func describe(ms []member) string {
-	var b []string
-	for _, m := range ms {
-		b = append(b, fmt.Sprintf("%s=%s/%s/tl%d", m.Name, m.Role, m.State, m.Timeline))
-	}
-	return strings.Join(b, " ")
-}
+func describe(ms []member) string { return testenv.DescribeMembers(ms) }
 
 // topology returns the leader when exactly one of among leads and the others stream.
 func (c *cluster) topology(among []string) (string, error) {
@@ -131,20 +100,10 @@ func (c *cluster) topology(among []string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var leaders []string
-	streaming := 0
-	for _, m := range ms {
-		switch {
-		case m.Role == "leader" && m.State == "running":
-			leaders = append(leaders, m.Name)
-		case m.Role != "leader" && m.State == "streaming":
-			streaming++
-		}
+	if len(ms) != len(among) {
+		return "", fmt.Errorf("%d members, want %d: %s", len(ms), len(among), describe(ms))
 	}
-	if len(leaders) != 1 || streaming != len(among)-1 || len(ms) != len(among) {
-		return "", fmt.Errorf("leaders %v, %d streaming: %s", leaders, streaming, describe(ms))
-	}
-	return leaders[0], nil
+	return testenv.Topology(ms, len(among))
 }
 
 func (c *cluster) waitTopology(timeout time.Duration, among ...string) string {
@@ -162,12 +121,7 @@ func (c *cluster) exec(node, db, sql string) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, c.dsn(node, db))
-	if err != nil {
-		c.t.Fatalf("connecting to %s: %v", node, err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, sql); err != nil {
+	if err := testenv.ExecSQL(ctx, c.dsn(node, db), sql); err != nil {
 		c.t.Fatalf("on %s: %s: %v", node, sql, err)
 	}
 }
@@ -176,28 +130,7 @@ func (c *cluster) exec(node, db, sql string) {
 func (c *cluster) query(node, db, sql string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, c.dsn(node, db))
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, sql)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	if !rows.Next() {
-		return nil, fmt.Errorf("%s: no row (%v)", sql, rows.Err())
-	}
-	vals, err := rows.Values()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]string, len(vals))
-	for i, v := range vals {
-		out[i] = fmt.Sprint(v)
-	}
-	return out, nil
+	return testenv.QueryRow(ctx, c.dsn(node, db), sql)
 }
 
 func (c *cluster) mustQuery(node, db, sql string) []string {

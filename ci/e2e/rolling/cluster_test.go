@@ -4,15 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"pgnode/ci/e2e"
 	"pgnode/ci/testenv"
@@ -82,44 +78,17 @@ func (c *cluster) dsn(node, db string) string {
 	return fmt.Sprintf("postgres://postgres:%s@%s:5432/%s?sslmode=disable&connect_timeout=2", c.password, c.ip(node), db)
 }
 
-type member struct {
-	Name     string `json:"name"`
-	Role     string `json:"role"`
-	State    string `json:"state"`
-	Timeline int    `json:"timeline"`
-}
+type member = testenv.Member
 
 func (c *cluster) members() ([]member, error) {
-	cl := &http.Client{Timeout: 2 * time.Second}
-	var last error
+	var urls []string
 	for _, n := range nodes {
-		resp, err := cl.Get("http://" + c.ip(n) + ":8008/cluster")
-		if err != nil {
-			last = err
-			continue
-		}
-		var body struct {
-			Members []member `json:"members"`
-		}
-		err = json.NewDecoder(resp.Body).Decode(&body)
-		resp.Body.Close()
-		if err != nil {
-			last = err
-			continue
-		}
-		sort.Slice(body.Members, func(i, j int) bool { return body.Members[i].Name < body.Members[j].Name })
-		return body.Members, nil
+		urls = append(urls, "http://"+c.ip(n)+":8008")
 	}
-	return nil, fmt.Errorf("no Patroni API answered: %v", last)
+	return testenv.ClusterMembers(urls)
 }
 
-func describe(ms []member) string {
-	var b []string
-	for _, m := range ms {
-		b = append(b, fmt.Sprintf("%s=%s/%s/tl%d", m.Name, m.Role, m.State, m.Timeline))
-	}
-	return strings.Join(b, " ")
-}
+func describe(ms []member) string { return testenv.DescribeMembers(ms) }
 
 // topology returns the leader when exactly one member leads and the other two stream.
 func (c *cluster) topology() (string, error) {
@@ -127,20 +96,7 @@ func (c *cluster) topology() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var leaders []string
-	streaming := 0
-	for _, m := range ms {
-		switch {
-		case m.Role == "leader" && m.State == "running":
-			leaders = append(leaders, m.Name)
-		case m.Role != "leader" && m.State == "streaming":
-			streaming++
-		}
-	}
-	if len(leaders) != 1 || streaming != 2 {
-		return "", fmt.Errorf("leaders %v, %d streaming: %s", leaders, streaming, describe(ms))
-	}
-	return leaders[0], nil
+	return testenv.Topology(ms, 3)
 }
 
 func (c *cluster) waitTopology(timeout time.Duration) string {
@@ -158,12 +114,7 @@ func (c *cluster) exec(node, db, sql string) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, c.dsn(node, db))
-	if err != nil {
-		c.t.Fatalf("connecting to %s: %v", node, err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, sql); err != nil {
+	if err := testenv.ExecSQL(ctx, c.dsn(node, db), sql); err != nil {
 		c.t.Fatalf("on %s: %s: %v", node, sql, err)
 	}
 }
@@ -172,28 +123,7 @@ func (c *cluster) exec(node, db, sql string) {
 func (c *cluster) query(node, db, sql string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, c.dsn(node, db))
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, sql)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	if !rows.Next() {
-		return nil, fmt.Errorf("%s: no row (%v)", sql, rows.Err())
-	}
-	vals, err := rows.Values()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]string, len(vals))
-	for i, v := range vals {
-		out[i] = fmt.Sprint(v)
-	}
-	return out, nil
+	return testenv.QueryRow(ctx, c.dsn(node, db), sql)
 }
 
 func (c *cluster) mustQuery(node, db, sql string) []string {
