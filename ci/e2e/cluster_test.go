@@ -2,13 +2,10 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -131,43 +128,19 @@ func (c *Cluster) DSN(node string) string {
 	return fmt.Sprintf("postgres://postgres:%s@%s:5432/postgres?sslmode=disable&connect_timeout=2", c.Password, c.IP(node))
 }
 
-// Member is one entry of Patroni's GET /cluster.
-type Member struct {
-	Name     string `json:"name"`
-	Role     string `json:"role"`
-	State    string `json:"state"`
-	Host     string `json:"host"`
-	Timeline int    `json:"timeline"`
-	Lag      any    `json:"lag"`
-}
+// Member is one row of Patroni's GET /cluster.
+type Member = testenv.Member
 
 // Members asks Patroni's REST API of the first reachable node (skipping the given ones) for
 // the cluster's members.
 func (c *Cluster) Members(skip ...string) ([]Member, error) {
-	cl := &http.Client{Timeout: 2 * time.Second}
-	var last error
+	var urls []string
 	for _, n := range Nodes {
-		if contains(skip, n) {
-			continue
+		if !contains(skip, n) {
+			urls = append(urls, "http://"+c.IP(n)+":8008")
 		}
-		resp, err := cl.Get("http://" + c.IP(n) + ":8008/cluster")
-		if err != nil {
-			last = err
-			continue
-		}
-		var body struct {
-			Members []Member `json:"members"`
-		}
-		err = json.NewDecoder(resp.Body).Decode(&body)
-		resp.Body.Close()
-		if err != nil {
-			last = err
-			continue
-		}
-		sort.Slice(body.Members, func(i, j int) bool { return body.Members[i].Name < body.Members[j].Name })
-		return body.Members, nil
 	}
-	return nil, fmt.Errorf("no Patroni API answered: %v", last)
+	return testenv.ClusterMembers(urls)
 }
 
 // WaitTopology waits until exactly one member is the running leader and want-1 replicas

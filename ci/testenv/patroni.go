@@ -19,6 +19,7 @@ type Member struct {
 	State    string `json:"state"`
 	Timeline int    `json:"timeline"`
 	Host     string `json:"host"`
+	Lag      any    `json:"lag"`
 }
 
 // ClusterMembers asks the Patroni REST APIs at apiURLs (http://host:port), in order, for
