@@ -2,8 +2,8 @@ package entrypoint
 
 import (
 	"context"
-	"fmt"
 	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -158,31 +158,13 @@ func (m *isolationMonitor) refreshMembers(ctx context.Context) {
 		if mem.Name == m.cfg.Name || mem.APIURL == "" {
 			continue
 		}
-		var base string
-		if _, err := fmt.Sscanf(mem.APIURL, "%s", &base); err == nil {
-			if i := indexPath(base); i > 0 {
-				base = base[:i]
-			}
-			urls = append(urls, base)
+		u, err := url.Parse(mem.APIURL)
+		if err != nil || u.Host == "" {
+			continue
 		}
+		urls = append(urls, u.Scheme+"://"+u.Host)
 	}
 	m.mu.Lock()
 	m.members = urls
 	m.mu.Unlock()
-}
-
-// indexPath returns the index of the path part of an http://host:port/path URL.
-func indexPath(u string) int {
-	start := 0
-	if i := len("http://"); len(u) > i && u[:i] == "http://" {
-		start = i
-	} else if i := len("https://"); len(u) > i && u[:i] == "https://" {
-		start = i
-	}
-	for j := start; j < len(u); j++ {
-		if u[j] == '/' {
-			return j
-		}
-	}
-	return -1
 }

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -38,6 +37,9 @@ type runner struct {
 	requestFullBackup bool
 	// walgMissing: S3 is configured but the image has no WAL-G.
 	walgMissing bool
+	// desiredDCS is the dynamic configuration rendered at start; the leader PATCHes it
+	// into the DCS so a re-deploy applies changes.
+	desiredDCS DCSConfig
 }
 
 func cmdRun(args []string) int {
@@ -153,16 +155,12 @@ func (r *runner) releaseAlive() {
 }
 
 func (r *runner) lookupUser() error {
-	u, err := user.Lookup(r.cfg.RunAs)
-	if err != nil {
-		return fmt.Errorf("PGNODE_RUN_AS: user %q does not exist: %w", r.cfg.RunAs, err)
+	var err error
+	if r.uid, r.gid, r.home, err = r.cfg.runAsUser(); err != nil {
+		return err
 	}
-	r.uid, _ = strconv.Atoi(u.Uid)
-	r.gid, _ = strconv.Atoi(u.Gid)
-	r.home = u.HomeDir
-	if os.Getuid() == 0 {
-		r.cred = &syscall.Credential{Uid: uint32(r.uid), Gid: uint32(r.gid)}
-	} else if os.Getuid() != r.uid {
+	r.cred = r.cfg.runAsCredential(r.uid, r.gid)
+	if os.Getuid() != 0 && os.Getuid() != r.uid {
 		return fmt.Errorf("pgnode runs as uid %d, neither root nor %s (uid %d): start it as root or as %s", os.Getuid(), r.cfg.RunAs, r.uid, r.cfg.RunAs)
 	}
 	return nil
@@ -238,6 +236,7 @@ func (r *runner) writeConfigs() error {
 	if err != nil {
 		return err
 	}
+	r.desiredDCS = rendered.Patroni.Bootstrap.DCS
 	uid, gid := -1, -1
 	if os.Getuid() == 0 {
 		uid, gid = r.uid, r.gid
@@ -446,12 +445,9 @@ func (r *runner) reconcileDCS(ctx context.Context) {
 		slog.Warn("cannot read the DCS config", "err", err)
 		return
 	}
-	desired := r.cfg.DesiredDCS()
-	rendered, _ := r.cfg.Render(RenderOptions{})
-	if rendered != nil {
-		desired = rendered.Patroni.Bootstrap.DCS
-	}
-	b, _ := json.Marshal(desired)
+	// Exactly what writeConfigs rendered (a re-render here could differ, e.g. turn
+	// archiving back on in an image without WAL-G).
+	b, _ := json.Marshal(r.desiredDCS)
 	var want map[string]any
 	_ = json.Unmarshal(b, &want)
 	patch := diffConfig(current, want)

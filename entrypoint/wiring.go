@@ -22,14 +22,32 @@ import (
 	"pgnode/upgrade"
 )
 
-// UpgradeNode describes this node to the upgrade package.
-func (c *Config) UpgradeNode() (upgrade.Node, error) {
+// runAsUser looks up PGNODE_RUN_AS: uid, gid and home directory.
+func (c *Config) runAsUser() (uid, gid int, home string, err error) {
 	u, err := user.Lookup(c.RunAs)
 	if err != nil {
-		return upgrade.Node{}, fmt.Errorf("PGNODE_RUN_AS: user %q does not exist: %w", c.RunAs, err)
+		return 0, 0, "", fmt.Errorf("PGNODE_RUN_AS: user %q does not exist: %w", c.RunAs, err)
 	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
+	uid, _ = strconv.Atoi(u.Uid)
+	gid, _ = strconv.Atoi(u.Gid)
+	return uid, gid, u.HomeDir, nil
+}
+
+// runAsCredential is the credential children run with: the postgres user when the agent
+// is root, nil (as is) otherwise.
+func (c *Config) runAsCredential(uid, gid int) *syscall.Credential {
+	if os.Getuid() != 0 {
+		return nil
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+}
+
+// UpgradeNode describes this node to the upgrade package.
+func (c *Config) UpgradeNode() (upgrade.Node, error) {
+	uid, gid, _, err := c.runAsUser()
+	if err != nil {
+		return upgrade.Node{}, err
+	}
 	binDir := c.BinDir
 	major := c.PGMajor
 	return upgrade.Node{
@@ -132,12 +150,8 @@ func cmdBackup(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	node := cfg.BackupNode()
-	if os.Getuid() == 0 {
-		if u, err := user.Lookup(cfg.RunAs); err == nil {
-			uid, _ := strconv.Atoi(u.Uid)
-			gid, _ := strconv.Atoi(u.Gid)
-			node.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		}
+	if uid, gid, _, err := cfg.runAsUser(); err == nil {
+		node.Credential = cfg.runAsCredential(uid, gid)
 	}
 	return backup.CLI(ctx, cfg.BackupConfig, node, args, os.Stdout, os.Stderr)
 }
