@@ -224,6 +224,19 @@ func TestDemoCluster(t *testing.T) {
 func TestLeaderKill(t *testing.T) {
 	c := StartDemo(t, map[string]string{"PATRONI_SYNCHRONOUS_MODE": "true"})
 	leader := c.WaitTopology(2*time.Minute, 3)
+	// In synchronous mode Patroni promotes only the standby named in the DCS's /sync key;
+	// killing the leader before it named one leaves no candidate at all.
+	testenv.WaitFor(t, time.Minute, "a synchronous standby in the /sync key", func() error {
+		for _, srv := range []string{"consul1", "consul2", "consul3"} {
+			if out, err := c.P.Exec(srv, "consul", "kv", "get", "service/"+scope+"/sync"); err == nil {
+				if strings.Contains(strings.ReplaceAll(out, " ", ""), `"sync_standby":"pg`) {
+					return nil
+				}
+				return fmt.Errorf("/sync = %s", strings.TrimSpace(out))
+			}
+		}
+		return fmt.Errorf("no Consul server answered")
+	})
 	c.Exec(leader, CreateTableSQL)
 	w := c.Writer()
 	w.Start(context.Background())
